@@ -1,0 +1,1 @@
+"""Certificate tooling: a CA and serving certificates for the webhook."""

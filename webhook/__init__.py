@@ -1,0 +1,1 @@
+"""imagecache: snapshot-backed container image caches for Kubernetes."""

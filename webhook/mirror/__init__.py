@@ -1,0 +1,1 @@
+"""The node mirror: a read-only OCI distribution server for containerd (imagecache mirror)."""

@@ -1,0 +1,1 @@
+"""The admission webhook server: the aiohttp TLS shell around webhook.core.review."""
