@@ -1,0 +1,74 @@
+"""ImageCache objects for tests, shaped as the apiserver returns them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+def cache(
+    name: str,
+    images: list[str],
+    *,
+    phase: str = "Ready",
+    size: int | None = None,
+    restore: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    expire: str | None = None,
+    namespaces: list[str] | None = None,
+    secrets: list[str] | None = None,
+    digests: dict[str, str] | None = None,
+    storage_class: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"images": images}
+    if size is not None:
+        spec["imageCacheSize"] = size
+    if namespaces is not None:
+        spec["namespaces"] = namespaces
+    if secrets is not None:
+        spec["imagePullSecrets"] = secrets
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    status: dict[str, Any] = {"phase": phase}
+    if restore is not None:
+        status["restoreSize"] = restore
+    if expire is not None:
+        status["expireTime"] = expire
+    if digests:
+        status["images"] = [{"image": i, "digest": d, "size": 1} for i, d in digests.items()]
+    return {
+        "apiVersion": "imagecache.dev/v1alpha1",
+        "kind": "ImageCache",
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def pod(
+    images: list[str],
+    *,
+    annotations: dict[str, str] | None = None,
+    init: list[str] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = [
+        {"name": f"c{n}", "image": image} for n, image in enumerate(images)
+    ]
+    if mounts is not None:
+        containers[0]["volumeMounts"] = mounts
+    spec: dict[str, Any] = {"containers": containers}
+    if init:
+        spec["initContainers"] = [{"name": f"i{n}", "image": i} for n, i in enumerate(init)]
+    if volumes is not None:
+        spec["volumes"] = volumes
+    meta: dict[str, Any] = {"generateName": "web-", "namespace": "default"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    if labels is not None:
+        meta["labels"] = labels
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

@@ -1,0 +1,195 @@
+"""The patch: add-only, idempotent, never replacing what the user wrote."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from tests.cachefactory import cache, pod
+from webhook.core.caches import CacheIndex
+from webhook.core.matching import Decision, decide, read_request
+from webhook.core.patch import build_patch, conflict, escape
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+AUTO = {"imagecache.dev/use-image-cache": "auto"}
+INDEX = CacheIndex.from_objects(
+    [
+        cache("web", ["nginx:1.25", "busybox"], restore="12Gi", storage_class="fast"),
+        cache("plain", ["redis:7"], size=7),
+    ]
+)
+OUR_VOLUME = {
+    "name": "imagecache",
+    "ephemeral": {
+        "volumeClaimTemplate": {
+            "spec": {
+                "dataSource": {
+                    "apiGroup": "snapshot.storage.k8s.io",
+                    "kind": "VolumeSnapshot",
+                    "name": "imagecache-web",
+                }
+            }
+        }
+    },
+}
+
+
+def decision_for(p: dict[str, Any]) -> Decision:
+    meta = p["metadata"]
+    images = [c["image"] for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]]
+    return decide(images, "default", read_request(meta.get("annotations") or {}), INDEX, NOW)
+
+
+def apply(p: dict[str, Any]) -> dict[str, Any]:
+    ops = build_patch(p, decision_for(p))
+    assert all(op["op"] == "add" for op in ops)
+    patched: dict[str, Any] = jsonpatch.apply_patch(p, ops)
+    return patched
+
+
+PODS = {
+    "no annotations at all": pod(["nginx:1.25"], annotations=None),
+    "annotations, no volumes": pod(["nginx:1.25"], annotations=dict(AUTO)),
+    "existing volumes and mounts": pod(
+        ["nginx:1.25"],
+        annotations=dict(AUTO),
+        volumes=[{"name": "data", "emptyDir": {}}],
+        mounts=[{"name": "data", "mountPath": "/data"}],
+    ),
+    "labels already there": pod(["nginx:1.25"], annotations=dict(AUTO), labels={"app": "web"}),
+    "init container holds an image": pod(["nginx:1.25"], annotations=dict(AUTO), init=["busybox"]),
+    "two containers": pod(["nginx:1.25", "busybox"], annotations=dict(AUTO)),
+}
+
+
+@pytest.mark.parametrize("name", list(PODS))
+def test_patch_adds_cache_and_is_idempotent(name: str) -> None:
+    original = PODS[name]
+    if "annotations" not in original["metadata"]:
+        original = copy.deepcopy(original)
+        original["metadata"]["annotations"] = dict(AUTO)
+    before = copy.deepcopy(original)
+    once = apply(original)
+    assert original == before  # the input is not mutated
+    meta = once["metadata"]
+    assert meta["annotations"]["imagecache.dev/decision"] == "hit"
+    assert meta["annotations"]["imagecache.dev/cache"] == "web"
+    assert meta["labels"]["imagecache.dev/cache"] == "web"
+    for key, value in before["metadata"].get("labels", {}).items():
+        assert meta["labels"][key] == value
+    volume = next(v for v in once["spec"]["volumes"] if v["name"] == "imagecache")
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "12Gi"}},
+        "dataSource": {
+            "apiGroup": "snapshot.storage.k8s.io",
+            "kind": "VolumeSnapshot",
+            "name": "imagecache-web",
+        },
+    }
+    first = once["spec"]["containers"][0]
+    assert {"name": "imagecache", "mountPath": "/var/lib/imagecache", "readOnly": True} in first[
+        "volumeMounts"
+    ]
+    # Only the first container mounts it; others are untouched.
+    for other, was in zip(
+        once["spec"]["containers"][1:], before["spec"]["containers"][1:], strict=True
+    ):
+        assert other == was
+    # User volumes and mounts are kept in place, in order.
+    assert once["spec"]["volumes"][: len(before["spec"].get("volumes", []))] == before["spec"].get(
+        "volumes", []
+    )
+    # Applying the webhook's patch again (a reinvocation) adds nothing.
+    assert build_patch(once, decision_for(original)) == []
+
+
+def test_patch_after_another_webhook_keeps_its_changes() -> None:
+    p = pod(["nginx:1.25"], annotations=dict(AUTO))
+    # Another webhook added a sidecar volume and an annotation first.
+    p["spec"]["volumes"] = [{"name": "istio-envoy", "emptyDir": {}}]
+    p["metadata"]["annotations"]["sidecar.istio.io/status"] = "{}"
+    once = apply(p)
+    assert [v["name"] for v in once["spec"]["volumes"]] == ["istio-envoy", "imagecache"]
+    assert once["metadata"]["annotations"]["sidecar.istio.io/status"] == "{}"
+    assert build_patch(once, decision_for(p)) == []
+
+
+def test_user_written_values_are_never_replaced() -> None:
+    p = pod(["nginx:1.25"], annotations={**AUTO, "imagecache.dev/cache": "mine"})
+    p["metadata"]["labels"] = {"imagecache.dev/cache": "mine-too"}
+    once = apply(p)
+    assert once["metadata"]["annotations"]["imagecache.dev/cache"] == "mine"
+    assert once["metadata"]["labels"]["imagecache.dev/cache"] == "mine-too"
+    assert once["metadata"]["annotations"]["imagecache.dev/decision"] == "hit"
+
+
+@pytest.mark.parametrize(
+    ("volumes", "mounts", "problem"),
+    [
+        ([{"name": "imagecache", "emptyDir": {}}], None, "already has a volume named"),
+        (
+            [{"name": "x", "emptyDir": {}}],
+            [{"name": "x", "mountPath": "/var/lib/imagecache"}],
+            "already mounts something",
+        ),
+        ([OUR_VOLUME], None, None),
+    ],
+)
+def test_conflicts(
+    volumes: list[dict[str, Any]], mounts: list[dict[str, Any]] | None, problem: str | None
+) -> None:
+    p = pod(["nginx:1.25"], annotations=dict(AUTO), volumes=volumes, mounts=mounts)
+    found = conflict(p)
+    assert (found is None) if problem is None else (problem in str(found))
+
+
+def test_our_existing_volume_is_not_added_twice() -> None:
+    p = pod(["nginx:1.25"], annotations=dict(AUTO), volumes=[OUR_VOLUME])
+    once = apply(p)
+    assert [v["name"] for v in once["spec"]["volumes"]] == ["imagecache"]
+
+
+def test_miss_records_only_the_decision() -> None:
+    p = pod(["postgres:16"], annotations=dict(AUTO))
+    once = apply(p)
+    assert once["metadata"]["annotations"]["imagecache.dev/decision"] == "miss"
+    assert "volumes" not in once["spec"] and "labels" not in once["metadata"]
+
+
+def test_mismatch_records_missing_images() -> None:
+    p = pod(["nginx:1.25", "redis:7"], annotations={"imagecache.dev/use-image-cache": "web"})
+    once = apply(p)
+    assert once["metadata"]["annotations"]["imagecache.dev/missing-images"] == "redis:7"
+    assert once["metadata"]["annotations"]["imagecache.dev/decision"] == "mismatch"
+
+
+@pytest.mark.parametrize(
+    ("disk", "storage"), [("40Gi", "40Gi"), ("5Gi", "12Gi"), ("20000000000", "19Gi")]
+)
+def test_disk_size_only_grows(disk: str, storage: str) -> None:
+    p = pod(["nginx:1.25"], annotations={**AUTO, "imagecache.dev/disk-size": disk})
+    once = apply(p)
+    claim = once["spec"]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == storage
+
+
+def test_size_from_spec_when_no_restore_size() -> None:
+    p = pod(["redis:7"], annotations=dict(AUTO))
+    claim = apply(p)["spec"]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "7Gi"
+    assert "storageClassName" not in claim  # the cluster's default class
+
+
+@pytest.mark.parametrize(
+    ("token", "escaped"),
+    [("imagecache.dev/cache", "imagecache.dev~1cache"), ("a~b", "a~0b"), ("~/", "~0~1")],
+)
+def test_json_pointer_escaping(token: str, escaped: str) -> None:
+    assert escape(token) == escaped

@@ -1,0 +1,213 @@
+"""ImageCache objects as the webhook sees them, and the index it matches against.
+
+The webhook answers from this in-memory index only (no API calls while admitting); it is
+fed by a LIST+WATCH or a YAML file. Lookups go through a map from normalized image key to
+cache names, so deciding costs the same with 10 caches or 10,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from webhook.core import names
+from webhook.core.imageref import ImageRef, InvalidReference, parse
+from webhook.core.quantity import GIB, InvalidQuantity, parse_bytes
+
+DEFAULT_SIZE_GIB = 20
+READY = "Ready"
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes it, or None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheView:
+    """What matching needs of one ImageCache."""
+
+    name: str
+    images: tuple[ImageRef, ...]
+    keys: frozenset[str]  # image keys this cache can serve (see ImageRef.match_key)
+    phase: str
+    created: datetime | None
+    size_bytes: int  # disk a pod gets: status.restoreSize, else spec.imageCacheSize GiB
+    restore_size: str | None
+    storage_class: str | None
+    expire_time: datetime | None
+    namespaces: frozenset[str] | None  # None: every namespace
+    bad_images: tuple[str, ...] = ()  # spec images that do not parse (explained, not matched)
+
+    def holds(self, ref: ImageRef) -> bool:
+        return ref.match_key in self.keys
+
+    def expired(self, now: datetime) -> bool:
+        return self.phase == "Expired" or (self.expire_time is not None and self.expire_time <= now)
+
+    def usable_from(self, namespace: str) -> bool:
+        return self.namespaces is None or namespace in self.namespaces
+
+    def unusable_reason(self, namespace: str, now: datetime) -> str | None:
+        """Why a pod in `namespace` cannot use this cache now, or None if it can."""
+        if self.phase != READY:
+            return f"phase is {self.phase or 'unset'}, not Ready"
+        if self.expired(now):
+            return "expired"
+        if not self.usable_from(namespace):
+            allowed = ", ".join(sorted(self.namespaces or ())) or "none"
+            return f"not usable from namespace {namespace!r} (spec.namespaces: {allowed})"
+        return None
+
+
+def _str_list(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def cache_view(obj: Mapping[str, Any]) -> CacheView:
+    """Read an ImageCache object; tolerant, since the index must never fail on one bad cache."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    refs: list[ImageRef] = []
+    bad: list[str] = []
+    keys: set[str] = set()
+    for text in _str_list(spec.get("images")):
+        try:
+            ref = parse(text)
+        except InvalidReference:
+            bad.append(text)
+            continue
+        refs.append(ref)
+        keys.update(k for k in (ref.tagged, ref.pinned) if k)
+    for item in status.get("images") or []:
+        if not isinstance(item, Mapping):
+            continue
+        digest = item.get("digest")
+        try:
+            ref = parse(str(item.get("image", "")))
+            if isinstance(digest, str) and digest:
+                keys.add(parse(f"{ref.name}@{digest}").match_key)
+        except InvalidReference:
+            continue
+    restore = status.get("restoreSize")
+    restore_size = str(restore) if restore not in (None, "") else None
+    size_gib = spec.get("imageCacheSize")
+    size_gib = size_gib if isinstance(size_gib, int) and size_gib > 0 else DEFAULT_SIZE_GIB
+    size_bytes = size_gib * GIB
+    if restore_size is not None:
+        try:
+            size_bytes = parse_bytes(restore_size)
+        except InvalidQuantity:
+            restore_size = None
+    namespaces: frozenset[str] | None = None
+    if isinstance(spec.get("namespaces"), list) and spec["namespaces"]:
+        namespaces = frozenset(_str_list(spec["namespaces"]))
+    elif spec.get("imagePullSecrets"):
+        # Images pulled with a secret stay with the namespaces that hold that secret.
+        namespaces = frozenset(
+            s.partition("/")[0] for s in _str_list(spec["imagePullSecrets"]) if "/" in s
+        )
+    storage_class = spec.get("storageClassName")
+    return CacheView(
+        name=str(meta.get("name", "")),
+        images=tuple(refs),
+        keys=frozenset(keys),
+        phase=str(status.get("phase") or ""),
+        created=parse_time(meta.get("creationTimestamp")),
+        size_bytes=size_bytes,
+        restore_size=restore_size,
+        storage_class=storage_class if isinstance(storage_class, str) and storage_class else None,
+        expire_time=parse_time(status.get("expireTime")),
+        namespaces=namespaces,
+        bad_images=tuple(bad),
+    )
+
+
+@dataclass
+class CacheIndex:
+    """Caches by name, and cache names by image key."""
+
+    _caches: dict[str, CacheView] = field(default_factory=dict)
+    _by_key: dict[str, set[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> CacheIndex:
+        index = cls()
+        index.replace(objects)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def __iter__(self) -> Iterator[CacheView]:
+        return iter(self._caches.values())
+
+    def get(self, name: str) -> CacheView | None:
+        return self._caches.get(name)
+
+    def with_key(self, key: str) -> set[str]:
+        """Names of the caches that hold image `key` (empty set if none)."""
+        return self._by_key.get(key, set())
+
+    def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Start over from a full LIST."""
+        self._caches.clear()
+        self._by_key.clear()
+        for obj in objects:
+            self.apply("ADDED", obj)
+
+    def apply(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        """Apply one watch event (ADDED, MODIFIED, DELETED)."""
+        view = cache_view(obj)
+        if not view.name:
+            return
+        self._remove(view.name)
+        if event_type != "DELETED":
+            self._caches[view.name] = view
+            for key in view.keys:
+                self._by_key.setdefault(key, set()).add(view.name)
+
+    def _remove(self, name: str) -> None:
+        old = self._caches.pop(name, None)
+        if old is None:
+            return
+        for key in old.keys:
+            holders = self._by_key.get(key)
+            if holders is not None:
+                holders.discard(name)
+                if not holders:
+                    del self._by_key[key]
+
+
+def parse_cache_documents(text: str) -> list[dict[str, Any]]:
+    """ImageCache objects from YAML: several documents, or a `kind: List`/`...List`."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"caches file is not valid YAML: {exc}") from None
+    objects: list[dict[str, Any]] = []
+    for doc in documents:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ValueError("each YAML document must be an ImageCache object or a List of them")
+        items = doc.get("items") if str(doc.get("kind", "")).endswith("List") else [doc]
+        for item in items or []:
+            if not isinstance(item, dict) or item.get("kind") != names.KIND:
+                kind = item.get("kind") if isinstance(item, dict) else type(item).__name__
+                raise ValueError(f"expected kind {names.KIND}, found {kind!r}")
+            if not (item.get("metadata") or {}).get("name"):
+                raise ValueError("an ImageCache in the caches file has no metadata.name")
+            objects.append(item)
+    return objects

@@ -1,0 +1,250 @@
+"""The matching policy: pod images + caches + namespace -> a decision that explains itself.
+
+DESIGN.md, "Matching policy". Only Ready, unexpired caches usable from the pod's namespace
+take part. auto/exact: caches that hold every image, smallest first, then newest, then by
+name. auto/partial: caches that hold at least one image, most images held first, then the
+same order. manual: the named cache, even when it lacks images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+from webhook.core import names
+from webhook.core.caches import CacheIndex, CacheView
+from webhook.core.imageref import ImageRef, InvalidReference, parse
+from webhook.core.quantity import InvalidQuantity, parse_bytes
+
+Outcome = Literal["hit", "mismatch", "miss", "unavailable"]
+_TRUE = frozenset({"true", "yes", "1", "on"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the pod's annotations (and its namespace's default) ask for."""
+
+    mode: Literal["auto", "manual"] | None  # None: the pod did not opt in
+    cache_name: str | None = None
+    partial: bool = False
+    required: bool = False
+    disk_size: int | None = None  # bytes, from imagecache.dev/disk-size
+    source: str = ""  # the annotation (or namespace label) that opted in
+    problems: tuple[str, ...] = ()  # option values that were ignored, and why
+
+
+def read_request(annotations: Mapping[str, str], *, namespace_auto: bool = False) -> Request:
+    """Read the opt-in and option annotations; bad option values become `problems`."""
+    mode: Literal["auto", "manual"] | None = None
+    cache_name: str | None = None
+    source = ""
+    for key in (names.USE_CACHE, names.TKE_USE_CACHE, names.ECI_CACHE_ID):
+        value = str(annotations.get(key, "")).strip()
+        if value:
+            source = key
+            if value == "auto" and key != names.ECI_CACHE_ID:
+                mode = "auto"
+            else:
+                mode, cache_name = "manual", value
+            break
+    if mode is None and str(annotations.get(names.ECI_AUTO, "")).strip().lower() in _TRUE:
+        mode, source = "auto", names.ECI_AUTO
+    if mode is None and namespace_auto:
+        mode, source = "auto", f"namespace label {names.NAMESPACE_AUTO_LABEL}=auto"
+
+    problems: list[str] = []
+    match = str(annotations.get(names.MATCH, "exact")).strip().lower() or "exact"
+    if match not in ("exact", "partial"):
+        problems.append(f"annotation {names.MATCH}={match!r} is not exact or partial; using exact")
+        match = "exact"
+    disk_size: int | None = None
+    if names.DISK_SIZE in annotations:
+        try:
+            disk_size = parse_bytes(str(annotations[names.DISK_SIZE]))
+        except InvalidQuantity as exc:
+            problems.append(f"annotation {names.DISK_SIZE} ignored: {exc}")
+    return Request(
+        mode=mode,
+        cache_name=cache_name,
+        partial=match == "partial",
+        required=str(annotations.get(names.REQUIRED, "")).strip().lower() in _TRUE,
+        disk_size=disk_size,
+        source=source,
+        problems=tuple(problems),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    cache: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    request: Request
+    outcome: Outcome | None  # None: not opted in, nothing to decide
+    reason: str
+    cache: CacheView | None = None
+    missing: tuple[str, ...] = ()  # pod images (as written) the chosen cache lacks
+    rejected: tuple[Rejected, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def denied(self) -> str | None:
+        """The message to deny the pod with, when `required` is set and no cache is used."""
+        if self.request.required and self.outcome in ("miss", "unavailable"):
+            return (
+                f"imagecache: the pod requires an image cache ({names.REQUIRED}=true) "
+                f"but none can be used: {self.reason}"
+            )
+        return None
+
+    def unavailable(self, reason: str) -> Decision:
+        """The same decision, turned down after matching (e.g. the pod cannot take the volume)."""
+        return replace(
+            self,
+            outcome="unavailable",
+            reason=reason,
+            cache=None,
+            missing=(),
+            warnings=(*self.warnings, f"imagecache: no cache used: {reason}"),
+        )
+
+
+def _order(cache: CacheView) -> tuple[int, float, str]:
+    created = cache.created.timestamp() if cache.created else float("-inf")
+    return (cache.size_bytes, -created, cache.name)
+
+
+def _parse_images(images: Sequence[str]) -> tuple[dict[str, ImageRef], list[str]]:
+    refs: dict[str, ImageRef] = {}
+    bad: list[str] = []
+    for image in images:
+        try:
+            refs[image] = parse(image)
+        except InvalidReference:
+            bad.append(image)
+    return refs, bad
+
+
+def decide(
+    images: Sequence[str],
+    namespace: str,
+    request: Request,
+    index: CacheIndex,
+    now: datetime,
+) -> Decision:
+    """Decide which cache (if any) a pod with `images` in `namespace` gets."""
+    if request.mode is None:
+        return Decision(request, None, "the pod did not opt in to an image cache")
+    refs, bad = _parse_images(images)
+    warnings = tuple(f"imagecache: {p}" for p in request.problems)
+    if request.mode == "manual":
+        return _decide_manual(images, namespace, request, index, now, refs, warnings)
+    return _decide_auto(images, namespace, request, index, now, refs, bad, warnings)
+
+
+def _decide_manual(
+    images: Sequence[str],
+    namespace: str,
+    request: Request,
+    index: CacheIndex,
+    now: datetime,
+    refs: Mapping[str, ImageRef],
+    warnings: tuple[str, ...],
+) -> Decision:
+    name = request.cache_name or ""
+    cache = index.get(name)
+    why = (
+        f"ImageCache {name!r} does not exist"
+        if cache is None
+        else cache.unusable_reason(namespace, now)
+    )
+    if cache is None or why is not None:
+        reason = f"ImageCache {name!r} cannot be used: {why}" if cache else f"{why}"
+        return Decision(
+            request,
+            "unavailable",
+            reason,
+            rejected=(Rejected(name, str(why)),),
+            warnings=(*warnings, f"imagecache: {reason}; images are pulled from their registries"),
+        )
+    missing = tuple(i for i in dict.fromkeys(images) if i not in refs or not cache.holds(refs[i]))
+    if not missing:
+        return Decision(
+            request, "hit", f"ImageCache {name!r} holds every image", cache, (), warnings=warnings
+        )
+    listed = ", ".join(missing)
+    return Decision(
+        request,
+        "mismatch",
+        f"ImageCache {name!r} lacks {listed}",
+        cache,
+        missing,
+        warnings=(
+            *warnings,
+            f"imagecache: ImageCache {name!r} lacks {listed}; "
+            "these are pulled from their registries",
+        ),
+    )
+
+
+def _decide_auto(
+    images: Sequence[str],
+    namespace: str,
+    request: Request,
+    index: CacheIndex,
+    now: datetime,
+    refs: Mapping[str, ImageRef],
+    bad: Sequence[str],
+    warnings: tuple[str, ...],
+) -> Decision:
+    keys = {ref.match_key for ref in refs.values()}
+    # Only caches that hold at least one of the pod's images are ever looked at.
+    held: dict[str, int] = {}
+    for key in keys:
+        for name in index.with_key(key):
+            held[name] = held.get(name, 0) + 1
+    wanted = len(keys) + len(bad)
+    rejected: list[Rejected] = []
+    usable: list[tuple[CacheView, int]] = []
+    for name, count in held.items():
+        cache = index.get(name)
+        if cache is None:
+            continue
+        why = cache.unusable_reason(namespace, now)
+        if why is None and not request.partial and count < wanted:
+            lacking = [i for i, r in refs.items() if not cache.holds(r)] + list(bad)
+            why = f"lacks {', '.join(lacking)}"
+        if why is not None:
+            rejected.append(Rejected(name, why))
+        else:
+            usable.append((cache, count))
+    rejected.sort(key=lambda r: r.cache)
+    if bad:
+        listed = ", ".join(bad)
+        warnings = (*warnings, f"imagecache: cannot match invalid image references: {listed}")
+    if not usable:
+        scope = "at least one" if request.partial else "every one"
+        return Decision(
+            request,
+            "miss",
+            f"no usable ImageCache holds {scope} of the pod's images",
+            rejected=tuple(rejected),
+            warnings=warnings,
+        )
+    usable.sort(
+        key=lambda pair: (-pair[1], *_order(pair[0])) if request.partial else _order(pair[0])
+    )
+    chosen = usable[0][0]
+    for other, _ in usable[1:]:
+        rejected.append(Rejected(other.name, f"usable, but {chosen.name!r} comes first"))
+    missing = tuple(i for i in dict.fromkeys(images) if i not in refs or not chosen.holds(refs[i]))
+    outcome: Outcome = "mismatch" if missing else "hit"
+    reason = f"ImageCache {chosen.name!r} holds " + (
+        f"{usable[0][1]} of {wanted} images (partial match)" if missing else "every image"
+    )
+    return Decision(request, outcome, reason, chosen, missing, tuple(rejected), warnings)
