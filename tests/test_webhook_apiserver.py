@@ -1,0 +1,430 @@
+"""The webhook behind a real kube-apiserver (v1.20) and kube-controller-manager.
+
+`imagecache serve` runs as a subprocess over TLS on 127.0.0.1, watching ImageCaches in the
+apiserver; a MutatingWebhookConfiguration points at it by `url`. Pods are created the ways
+users create them (kubectl create with generateName, a Deployment, a Job, a server-side dry
+run); the test plays the controller by writing ImageCache status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from envtest import ControlPlane, free_port
+
+pytestmark = pytest.mark.envtest
+ANNOTATED = {"imagecache.dev/use-image-cache": "auto"}
+
+
+class Webhook:
+    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
+        self.plane = plane
+        self.workdir = workdir
+        self.certs = workdir / "certs"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "webhook.log"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                "certs",
+                "generate",
+                "--out",
+                str(self.certs),
+                "--ip",
+                "127.0.0.1",
+                "--dns",
+                "localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "webhook",
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--tls-cert",
+                    str(self.certs / "tls.crt"),
+                    "--tls-key",
+                    str(self.certs / "tls.key"),
+                    "--kubeconfig",
+                    str(self.plane.kubeconfig),
+                    "--log-level",
+                    "debug",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2
+                ) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            time.sleep(0.2)
+        raise AssertionError(f"webhook not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
+
+    def configuration(self) -> dict[str, Any]:
+        ca = (self.certs / "ca.crt").read_bytes()
+        import base64
+
+        def hook(name: str, path: str, operator: str) -> dict[str, Any]:
+            return {
+                "name": name,
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{self.port}{path}",
+                    "caBundle": base64.b64encode(ca).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "imagecache.dev/use-image-cache",
+                            "operator": operator,
+                            "values": ["auto"],
+                        },
+                        {
+                            "key": "imagecache.dev/webhook",
+                            "operator": "NotIn",
+                            "values": ["disabled"],
+                        },
+                    ]
+                },
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "timeoutSeconds": 3,
+                "reinvocationPolicy": "IfNeeded",
+                "admissionReviewVersions": ["v1", "v1beta1"],
+            }
+
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "imagecache-test"},
+            "webhooks": [
+                hook("pods.imagecache.dev", "/mutate", "NotIn"),
+                hook("auto.pods.imagecache.dev", "/mutate/auto", "In"),
+            ],
+        }
+
+
+@pytest.fixture(scope="module")
+def webhook(apiserver: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    hook = Webhook(apiserver, tmp_path_factory.mktemp("webhook"))
+    hook.start()
+    apiserver.apply(hook.configuration())
+    for name in ("web", "team"):
+        apiserver.kubectl("create", "namespace", f"wh-{name}", check=False)
+    apiserver.kubectl(
+        "label", "namespace", "wh-team", "imagecache.dev/use-image-cache=auto", "--overwrite"
+    )
+    make_cache(apiserver, "wh-web", ["nginx:1.25", "busybox:1.36"], restore="10Gi")
+    make_cache(apiserver, "wh-big", ["nginx:1.25", "busybox:1.36", "redis:7"], restore="40Gi")
+    wait_for(
+        lambda: decision_of(dry_run(apiserver, "wh-web", pod_manifest(["nginx:1.25"]))) == "hit",
+        "the webhook to see the Ready cache",
+        hook,
+    )
+    yield hook
+    hook.stop()
+    apiserver.kubectl("delete", "mutatingwebhookconfiguration", "imagecache-test", check=False)
+
+
+def make_cache(plane: ControlPlane, name: str, images: list[str], *, restore: str) -> None:
+    plane.apply(
+        {
+            "apiVersion": "imagecache.dev/v1alpha1",
+            "kind": "ImageCache",
+            "metadata": {"name": name},
+            "spec": {"images": images},
+        }
+    )
+    status = {
+        "status": {"phase": "Ready", "restoreSize": restore, "snapshotName": f"imagecache-{name}"}
+    }
+    plane.kubectl(
+        "patch",
+        "imagecache",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, hook: Webhook | None = None, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    logs = hook.log.read_text()[-3000:] if hook else ""
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def pod_manifest(images: list[str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-",
+            "annotations": dict(ANNOTATED if annotations is None else annotations),
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{"name": f"c{n}", "image": i} for n, i in enumerate(images)],
+        },
+    }
+
+
+def dry_run(plane: ControlPlane, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    out = plane.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=yaml.safe_dump(manifest),
+    )
+    created: dict[str, Any] = json.loads(out.stdout)
+    return created
+
+
+def create(
+    plane: ControlPlane, namespace: str, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    out = plane.kubectl(
+        "create", "-n", namespace, "-o", "json", "-f", "-", input=yaml.safe_dump(manifest)
+    )
+    created: dict[str, Any] = json.loads(out.stdout)
+    return created, out.stderr
+
+
+def decision_of(pod: dict[str, Any]) -> str | None:
+    return (pod["metadata"].get("annotations") or {}).get("imagecache.dev/decision")
+
+
+def get(plane: ControlPlane, *args: str) -> dict[str, Any]:
+    got: dict[str, Any] = json.loads(plane.kubectl("get", "-o", "json", *args).stdout)
+    return got
+
+
+def assert_cached(pod: dict[str, Any], cache: str, storage: str) -> None:
+    assert decision_of(pod) == "hit", pod["metadata"]
+    assert pod["metadata"]["annotations"]["imagecache.dev/cache"] == cache
+    assert pod["metadata"]["labels"]["imagecache.dev/cache"] == cache
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "imagecache")
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["dataSource"] == {
+        "apiGroup": "snapshot.storage.k8s.io",
+        "kind": "VolumeSnapshot",
+        "name": f"imagecache-{cache}",
+    }
+    assert claim["resources"]["requests"]["storage"] == storage
+    assert {"name": "imagecache", "mountPath": "/var/lib/imagecache", "readOnly": True} in (
+        pod["spec"]["containers"][0]["volumeMounts"]
+    )
+
+
+def test_pod_created_with_generate_name_gets_the_cache_and_its_pvc(
+    apiserver: ControlPlane, webhook: Webhook
+) -> None:
+    pod, _ = create(apiserver, "wh-web", pod_manifest(["nginx:1.25", "busybox:1.36"]))
+    name = pod["metadata"]["name"]
+    stored = get(apiserver, "pod", "-n", "wh-web", name)
+    assert_cached(stored, "wh-web", "10Gi")  # the smaller of the two caches that hold both
+    # The ephemeral-volume controller turned the template into <pod>-imagecache.
+    claim_name = f"{name}-imagecache"
+    wait_for(
+        lambda: (
+            apiserver.kubectl("get", "pvc", "-n", "wh-web", claim_name, check=False).returncode == 0
+        ),
+        f"PVC {claim_name}",
+    )
+    claim = get(apiserver, "pvc", "-n", "wh-web", claim_name)
+    assert claim["spec"]["dataSource"] == {
+        "apiGroup": "snapshot.storage.k8s.io",
+        "kind": "VolumeSnapshot",
+        "name": "imagecache-wh-web",
+    }
+    assert claim["metadata"]["ownerReferences"][0]["name"] == name
+    assert claim["metadata"]["labels"]["imagecache.dev/cache"] == "wh-web"
+
+
+def test_deployment_and_job_pods_are_patched(apiserver: ControlPlane, webhook: Webhook) -> None:
+    template = {
+        "metadata": {"labels": {"app": "d"}, "annotations": ANNOTATED},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "web", "image": "nginx:1.25"}],
+        },
+    }
+    apiserver.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "wh-web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": template,
+            },
+        }
+    )
+    job_template = json.loads(json.dumps(template))
+    job_template["metadata"]["labels"] = {"app": "j"}
+    job_template["spec"]["restartPolicy"] = "Never"
+    apiserver.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j", "namespace": "wh-web"},
+            "spec": {"template": job_template},
+        }
+    )
+    for selector, count in (("app=d", 2), ("app=j", 1)):
+        wait_for(
+            lambda s=selector, c=count: (
+                len(  # type: ignore[misc]
+                    get(apiserver, "pods", "-n", "wh-web", "-l", s)["items"]
+                )
+                == c
+            ),
+            f"pods {selector}",
+        )
+        for pod in get(apiserver, "pods", "-n", "wh-web", "-l", selector)["items"]:
+            assert_cached(pod, "wh-web", "10Gi")
+
+
+def test_server_side_dry_run_is_patched_and_not_stored(
+    apiserver: ControlPlane, webhook: Webhook
+) -> None:
+    manifest = pod_manifest(["nginx:1.25"])
+    manifest["metadata"] = {"name": "dry", "annotations": ANNOTATED}
+    pod = dry_run(apiserver, "wh-web", manifest)
+    assert_cached(pod, "wh-web", "10Gi")
+    assert apiserver.kubectl("get", "pod", "-n", "wh-web", "dry", check=False).returncode != 0
+
+
+def test_warnings_reach_kubectl(apiserver: ControlPlane, webhook: Webhook) -> None:
+    _, stderr = create(
+        apiserver,
+        "wh-web",
+        pod_manifest(["nginx:1.25", "postgres:16"], {"imagecache.dev/use-image-cache": "wh-web"}),
+    )
+    assert "Warning: imagecache: ImageCache 'wh-web' lacks postgres:16" in stderr
+    pod, stderr = create(
+        apiserver,
+        "wh-web",
+        pod_manifest(["nginx:1.25"], {"imagecache.dev/use-image-cache": "no-such-cache"}),
+    )
+    assert "Warning: imagecache: ImageCache 'no-such-cache' does not exist" in stderr
+    assert decision_of(pod) == "unavailable"
+
+
+def test_required_pod_is_denied_with_the_reason(apiserver: ControlPlane, webhook: Webhook) -> None:
+    result = apiserver.kubectl(
+        "create",
+        "-n",
+        "wh-web",
+        "-f",
+        "-",
+        check=False,
+        input=yaml.safe_dump(
+            pod_manifest(["postgres:16"], {**ANNOTATED, "imagecache.dev/required": "true"})
+        ),
+    )
+    assert result.returncode != 0
+    assert "requires an image cache" in result.stderr
+
+
+def test_namespace_label_makes_pods_opt_in(apiserver: ControlPlane, webhook: Webhook) -> None:
+    pod, _ = create(
+        apiserver,
+        "wh-team",
+        pod_manifest(["nginx:1.25", "busybox:1.36", "redis:7"], annotations={}),
+    )
+    assert_cached(pod, "wh-big", "40Gi")
+    # Without the label, the same pod is left alone.
+    pod, _ = create(apiserver, "wh-web", pod_manifest(["nginx:1.25"], annotations={}))
+    assert decision_of(pod) is None and "imagecache" not in json.dumps(pod["spec"])
+
+
+def test_cache_status_changes_reach_the_webhook(apiserver: ControlPlane, webhook: Webhook) -> None:
+    make_cache(apiserver, "wh-redis", ["memcached:1.6"], restore="5Gi")
+    wait_for(
+        lambda: decision_of(dry_run(apiserver, "wh-web", pod_manifest(["memcached:1.6"]))) == "hit",
+        "the new cache to be used",
+        webhook,
+    )
+    apiserver.kubectl(
+        "patch",
+        "imagecache",
+        "wh-redis",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Expired"}}),
+    )
+    wait_for(
+        lambda: decision_of(dry_run(apiserver, "wh-web", pod_manifest(["memcached:1.6"]))) == "miss",
+        "the expired cache to be dropped",
+        webhook,
+    )
+    apiserver.kubectl("delete", "imagecache", "wh-redis")
+
+
+def test_with_the_webhook_down_pods_are_still_created(
+    apiserver: ControlPlane, webhook: Webhook
+) -> None:
+    webhook.stop()
+    pod, _ = create(apiserver, "wh-web", pod_manifest(["nginx:1.25"]))
+    assert decision_of(pod) is None  # failurePolicy Ignore: admitted unchanged
+    assert pod["metadata"]["name"]
