@@ -414,11 +414,59 @@ def test_cache_status_changes_reach_the_webhook(apiserver: ControlPlane, webhook
         json.dumps({"status": {"phase": "Expired"}}),
     )
     wait_for(
-        lambda: decision_of(dry_run(apiserver, "wh-web", pod_manifest(["memcached:1.6"]))) == "miss",
+        lambda: (
+            decision_of(dry_run(apiserver, "wh-web", pod_manifest(["memcached:1.6"]))) == "miss"
+        ),
         "the expired cache to be dropped",
         webhook,
     )
     apiserver.kubectl("delete", "imagecache", "wh-redis")
+
+
+def test_explain_reads_the_cluster(
+    apiserver: ControlPlane, webhook: Webhook, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(yaml.safe_dump(pod_manifest(["nginx:1.25", "busybox:1.36"])))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "explain",
+            str(manifest),
+            "--cluster",
+            "--kubeconfig",
+            str(apiserver.kubeconfig),
+            "-n",
+            "wh-web",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Decision: hit: ImageCache 'wh-web' holds every image" in run.stdout
+    assert "wh-big: usable, but 'wh-web' comes first" in run.stdout
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "explain",
+            str(manifest),
+            "--cluster",
+            "--kubeconfig",
+            str(apiserver.kubeconfig),
+            "-n",
+            "no-such-namespace",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2 and "404" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_with_the_webhook_down_pods_are_still_created(

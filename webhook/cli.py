@@ -17,6 +17,7 @@ import yaml
 from webhook.core.caches import CacheIndex, parse_cache_documents
 from webhook.core.explain import explain, pod_from_manifest
 from webhook.core.names import GROUP, NAMESPACE_AUTO_LABEL, PLURAL, VERSION
+from webhook.server.cluster import ClusterConfigError
 
 # Each part keeps its own argument parser; the console script only dispatches.
 PARTS = {
@@ -39,20 +40,20 @@ def read_caches_file(path: str) -> list[dict[str, Any]]:
 
 
 async def _read_cluster(kubeconfig: str | None, namespace: str) -> tuple[list[Any], bool]:
-    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio import client
 
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig)
-    else:
+    from webhook.server.cluster import api_client
+
+    async with await api_client(kubeconfig) as api:
         try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            await config.load_kube_config()
-    async with client.ApiClient() as api:
-        listed = await client.CustomObjectsApi(api).list_cluster_custom_object(
-            GROUP, VERSION, PLURAL
-        )
-        ns = await client.CoreV1Api(api).read_namespace(namespace)
+            listed = await client.CustomObjectsApi(api).list_cluster_custom_object(
+                GROUP, VERSION, PLURAL
+            )
+            ns = await client.CoreV1Api(api).read_namespace(namespace)
+        except client.ApiException as exc:
+            raise ValueError(
+                f"the cluster answered {exc.status} {exc.reason}: {exc.body}"
+            ) from None
     labels = ns.metadata.labels or {}
     return list(listed.get("items", [])), labels.get(NAMESPACE_AUTO_LABEL) == "auto"
 
@@ -88,7 +89,7 @@ def explain_main(argv: list[str]) -> int:
             namespace_auto = namespace_auto or labelled
         else:
             objects = read_caches_file(args.caches or DEFAULT_CACHES)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError, ClusterConfigError) as exc:
         print(f"imagecache explain: {exc}", file=sys.stderr)
         return 2
     index = CacheIndex.from_objects(objects)
