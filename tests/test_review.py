@@ -131,6 +131,16 @@ def test_other_requests_are_allowed_untouched(request_fields: dict[str, Any]) ->
     assert status == 200 and out["response"] == {"uid": "u-1", "allowed": True}
 
 
+def test_mirror_pods_are_skipped() -> None:
+    obj = pod(
+        ["nginx:1.25"],
+        annotations={"imagecache.dev/use-image-cache": "auto", "kubernetes.io/config.mirror": "x"},
+    )
+    result = review(json.dumps(review_of(obj)).encode(), INDEX, now=NOW, default_auto=True)
+    assert result.outcome == "ignored"
+    assert result.body["response"] == {"uid": "u-1", "allowed": True}
+
+
 def test_init_container_only_images_count() -> None:
     obj = pod(
         ["busybox"], init=["nginx:1.25"], annotations={"imagecache.dev/use-image-cache": "auto"}

@@ -25,6 +25,8 @@ CACHE = f"{GROUP}/cache"  # annotation and label
 DECISION = f"{GROUP}/decision"
 MISSING_IMAGES = f"{GROUP}/missing-images"
 
+MIRROR_POD = "kubernetes.io/config.mirror"  # static pods' API copies: never mutated
+
 VOLUME_NAME = "imagecache"
 MOUNT_PATH = "/var/lib/imagecache"
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
-from webhook.core.names import DECISION
+from webhook.core.names import DECISION, MIRROR_POD
 from webhook.core.patch import build_patch, conflict
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the apiserver's own request limit is 3 MiB
@@ -152,6 +152,9 @@ def _review(body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool
         dry_run=bool(request.get("dryRun")),
     )
 
+    if MIRROR_POD in annotations:
+        # A static pod's API copy: the kubelet runs it from a file and never reads this object.
+        return ReviewResult(200, _answer(api_version, uid), "ignored", log=log)
     if DECISION in annotations:
         # Decided already (reinvocation, or a pod copied from a decided one): idempotent.
         return ReviewResult(200, _answer(api_version, uid), "unchanged", log=log)
