@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.cachefactory import DIGEST_A, DIGEST_B, cache
 from webhook.core.caches import CacheIndex
@@ -498,7 +501,7 @@ def test_rejected_candidates_say_why() -> None:
             cache("lacks", ["redis"]),
         ]
     )
-    decision = decide(["nginx", "redis"], "default", read_request(AUTO), index, NOW)
+    decision = decide(["nginx", "redis"], "default", read_request(AUTO), index, NOW, explain=True)
     assert decision.outcome == "miss"
     reasons = {r.cache: r.reason for r in decision.rejected}
     assert reasons == {
@@ -509,7 +512,7 @@ def test_rejected_candidates_say_why() -> None:
         "elsewhere": "not usable from namespace 'default' (spec.namespaces: other)",
         "lacks": "lacks nginx",
     }
-    decision = decide(["nginx"], "default", read_request(AUTO), index, NOW)
+    decision = decide(["nginx"], "default", read_request(AUTO), index, NOW, explain=True)
     assert decision.cache is not None and decision.cache.name == "small"
     assert {r.cache: r.reason for r in decision.rejected}["big"] == (
         "usable, but 'small' comes first"
@@ -580,3 +583,51 @@ def test_lookup_does_not_scan_unrelated_caches() -> None:
     decision = decide(["nginx"], "default", read_request(AUTO), index, NOW)
     assert decision.cache is not None and decision.cache.name == "hit"
     assert decision.rejected == ()
+
+
+IMAGES = st.sampled_from(["nginx", "redis:7", "busybox", "Bad:Ref", f"nginx@{DIGEST_A}"])
+CACHES = st.lists(
+    st.builds(
+        lambda n, imgs, size, phase, ns, day: cache(
+            f"c{n}",
+            imgs,
+            size=size,
+            phase=phase,
+            namespaces=ns,
+            created=f"2026-01-{day:02d}T00:00:00Z",
+            digests={"docker.io/library/nginx:latest": DIGEST_A},
+        ),
+        st.integers(0, 30),
+        st.lists(IMAGES.filter(lambda i: i != "Bad:Ref"), min_size=1, max_size=3),
+        st.sampled_from([None, 5, 10]),
+        st.sampled_from(["Ready", "Ready", "Creating"]),
+        st.sampled_from([None, ["default"], ["other"]]),
+        st.integers(1, 3),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(CACHES, st.lists(IMAGES, min_size=1, max_size=3), st.booleans())
+def test_admission_fast_path_agrees_with_explain(
+    caches: list[dict[str, Any]], images: list[str], partial: bool
+) -> None:
+    index = CacheIndex.from_objects(caches)
+    request = read_request(PARTIAL if partial else AUTO)
+    fast = decide(images, "default", request, index, NOW)
+    full = decide(images, "default", request, index, NOW, explain=True)
+    assert (fast.outcome, fast.cache, fast.missing) == (full.outcome, full.cache, full.missing)
+    assert {r.cache for r in fast.rejected} <= {r.cache for r in full.rejected}
+
+
+def test_decision_is_flat_when_many_caches_hold_the_image() -> None:
+    caches = [cache(f"c{n:05d}", ["nginx"], size=20) for n in range(10_000)]
+    index = CacheIndex.from_objects([*caches, cache("small", ["nginx"], size=1)])
+    decide(["nginx"], "default", read_request(AUTO), index, NOW)  # sorts once
+    start = time.perf_counter()
+    for _ in range(100):
+        decision = decide(["nginx"], "default", read_request(AUTO), index, NOW)
+    per_call = (time.perf_counter() - start) / 100
+    assert decision.cache is not None and decision.cache.name == "small"
+    assert per_call < 0.001, f"{per_call * 1e6:.0f} us per decision with 10,000 holders"

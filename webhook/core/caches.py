@@ -49,6 +49,12 @@ class CacheView:
     namespaces: frozenset[str] | None  # None: every namespace
     bad_images: tuple[str, ...] = ()  # spec images that do not parse (explained, not matched)
 
+    @property
+    def order(self) -> tuple[int, float, str]:
+        """Auto matching's preference: smaller disk first, then newer, then by name."""
+        created = self.created.timestamp() if self.created else float("-inf")
+        return (self.size_bytes, -created, self.name)
+
     def holds(self, ref: ImageRef) -> bool:
         return ref.match_key in self.keys
 
@@ -140,6 +146,7 @@ class CacheIndex:
 
     _caches: dict[str, CacheView] = field(default_factory=dict)
     _by_key: dict[str, set[str]] = field(default_factory=dict)
+    _in_order: dict[str, tuple[CacheView, ...]] = field(default_factory=dict)  # sorted lazily
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> CacheIndex:
@@ -160,10 +167,21 @@ class CacheIndex:
         """Names of the caches that hold image `key` (empty set if none)."""
         return self._by_key.get(key, set())
 
+    def in_order(self, key: str) -> tuple[CacheView, ...]:
+        """The caches that hold image `key`, in auto matching's order (sorted once per change)."""
+        ordered = self._in_order.get(key)
+        if ordered is None:
+            ordered = tuple(
+                sorted((self._caches[n] for n in self.with_key(key)), key=lambda c: c.order)
+            )
+            self._in_order[key] = ordered
+        return ordered
+
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Start over from a full LIST."""
         self._caches.clear()
         self._by_key.clear()
+        self._in_order.clear()
         for obj in objects:
             self.apply("ADDED", obj)
 
@@ -177,12 +195,14 @@ class CacheIndex:
             self._caches[view.name] = view
             for key in view.keys:
                 self._by_key.setdefault(key, set()).add(view.name)
+                self._in_order.pop(key, None)
 
     def _remove(self, name: str) -> None:
         old = self._caches.pop(name, None)
         if old is None:
             return
         for key in old.keys:
+            self._in_order.pop(key, None)
             holders = self._by_key.get(key)
             if holders is not None:
                 holders.discard(name)

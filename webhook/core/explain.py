@@ -76,7 +76,7 @@ def explain(
         )
         return "\n".join(lines) + "\n"
     request = read_request(annotations, namespace_auto=namespace_auto)
-    decision = decide(images, namespace, request, index, now)
+    decision = decide(images, namespace, request, index, now, explain=True)
     if decision.cache is not None and (blocked := conflict(pod)):
         decision = decision.unavailable(blocked)
     if request.mode is None:

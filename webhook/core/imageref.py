@@ -8,6 +8,7 @@ the same image compare equal: `nginx` = `docker.io/library/nginx:latest`, and
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -98,8 +99,12 @@ def _check_digest(reference: str, digest: str) -> None:
         raise InvalidReference(reference, "a sha512 digest has exactly 128 lowercase hex digits")
 
 
+@functools.lru_cache(maxsize=8192)
 def parse(reference: str) -> ImageRef:
-    """Parse and normalize `reference`, or raise InvalidReference saying why."""
+    """Parse and normalize `reference`, or raise InvalidReference saying why.
+
+    Cached: pods of one workload repeat the same few references, and ImageRef is immutable.
+    """
     if not isinstance(reference, str) or not reference:
         raise InvalidReference(str(reference), "the reference is empty")
     if reference != reference.strip() or any(c.isspace() for c in reference):

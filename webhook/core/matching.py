@@ -20,6 +20,7 @@ from webhook.core.quantity import InvalidQuantity, parse_bytes
 
 Outcome = Literal["hit", "mismatch", "miss", "unavailable"]
 _TRUE = frozenset({"true", "yes", "1", "on"})
+REJECTED_LOGGED = 10  # rejections kept without `explain` (for logs; explain lists them all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +115,6 @@ class Decision:
         )
 
 
-def _order(cache: CacheView) -> tuple[int, float, str]:
-    created = cache.created.timestamp() if cache.created else float("-inf")
-    return (cache.size_bytes, -created, cache.name)
-
-
 def _parse_images(images: Sequence[str]) -> tuple[dict[str, ImageRef], list[str]]:
     refs: dict[str, ImageRef] = {}
     bad: list[str] = []
@@ -136,15 +132,50 @@ def decide(
     request: Request,
     index: CacheIndex,
     now: datetime,
+    *,
+    explain: bool = False,
 ) -> Decision:
-    """Decide which cache (if any) a pod with `images` in `namespace` gets."""
+    """Decide which cache (if any) a pod with `images` in `namespace` gets.
+
+    With `explain`, every cache holding any of the images is listed with the reason it was
+    not chosen; without, auto/exact stops at the first usable cache in order (admission).
+    """
     if request.mode is None:
         return Decision(request, None, "the pod did not opt in to an image cache")
     refs, bad = _parse_images(images)
     warnings = tuple(f"imagecache: {p}" for p in request.problems)
     if request.mode == "manual":
         return _decide_manual(images, namespace, request, index, now, refs, warnings)
+    if not explain and not request.partial and refs and not bad:
+        return _first_exact(images, namespace, request, index, now, refs, warnings)
     return _decide_auto(images, namespace, request, index, now, refs, bad, warnings)
+
+
+def _first_exact(
+    images: Sequence[str],
+    namespace: str,
+    request: Request,
+    index: CacheIndex,
+    now: datetime,
+    refs: Mapping[str, ImageRef],
+    warnings: tuple[str, ...],
+) -> Decision:
+    """auto/exact for admission: walk the holders of the rarest image in order, stop at the
+    first usable one that holds them all. Costs the same with 10 caches or 10,000."""
+    keys = {ref.match_key for ref in refs.values()}
+    rarest = min(keys, key=lambda k: len(index.with_key(k)))
+    rejected: list[Rejected] = []
+    for cache in index.in_order(rarest):
+        why = cache.unusable_reason(namespace, now)
+        if why is None and not keys <= cache.keys:
+            why = "lacks " + ", ".join(i for i, r in refs.items() if not cache.holds(r))
+        if why is None:
+            reason = f"ImageCache {cache.name!r} holds every image"
+            return Decision(request, "hit", reason, cache, (), tuple(rejected), warnings)
+        if len(rejected) < REJECTED_LOGGED:
+            rejected.append(Rejected(cache.name, why))
+    reason = "no usable ImageCache holds every one of the pod's images"
+    return Decision(request, "miss", reason, rejected=tuple(rejected), warnings=warnings)
 
 
 def _decide_manual(
@@ -236,9 +267,7 @@ def _decide_auto(
             rejected=tuple(rejected),
             warnings=warnings,
         )
-    usable.sort(
-        key=lambda pair: (-pair[1], *_order(pair[0])) if request.partial else _order(pair[0])
-    )
+    usable.sort(key=lambda pair: (-pair[1], *pair[0].order) if request.partial else pair[0].order)
     chosen = usable[0][0]
     for other, _ in usable[1:]:
         rejected.append(Rejected(other.name, f"usable, but {chosen.name!r} comes first"))

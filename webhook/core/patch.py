@@ -57,7 +57,7 @@ def conflict(pod: Mapping[str, Any]) -> str | None:
 def _add_entries(existing: object, path: str, entries: Mapping[str, str]) -> list[Op]:
     if not entries:
         return []
-    if not isinstance(existing, Mapping):
+    if not isinstance(existing, dict):
         return [{"op": "add", "path": path, "value": dict(entries)}]
     return [
         {"op": "add", "path": f"{path}/{escape(key)}", "value": value}
@@ -69,7 +69,7 @@ def _add_entries(existing: object, path: str, entries: Mapping[str, str]) -> lis
 def _append(existing: object, path: str, item: Mapping[str, Any]) -> list[Op]:
     if not isinstance(existing, list):
         return [{"op": "add", "path": path, "value": [dict(item)]}]
-    if any(isinstance(e, Mapping) and e.get("name") == item["name"] for e in existing):
+    if any(isinstance(e, dict) and e.get("name") == item["name"] for e in existing):
         return []
     return [{"op": "add", "path": f"{path}/-", "value": dict(item)}]
 
@@ -113,9 +113,9 @@ def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
     meta = pod.get("metadata")
     # A pod object always has metadata once stored, but not always in the request.
     ops: list[Op] = (
-        [] if isinstance(meta, Mapping) else [{"op": "add", "path": "/metadata", "value": {}}]
+        [] if isinstance(meta, dict) else [{"op": "add", "path": "/metadata", "value": {}}]
     )
-    meta = meta if isinstance(meta, Mapping) else {}
+    meta = meta if isinstance(meta, dict) else {}
     ops += _add_entries(
         meta.get("annotations"), "/metadata/annotations", decision_annotations(decision)
     )

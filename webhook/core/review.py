@@ -41,7 +41,7 @@ class ReviewResult:
 def _object(value: object, where: str, *, required: bool = True) -> Mapping[str, Any]:
     if value is None and not required:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         problem = (
             "is missing" if value is None else f"must be an object, not {type(value).__name__}"
         )
@@ -52,7 +52,7 @@ def _object(value: object, where: str, *, required: bool = True) -> Mapping[str,
 def _list_of_objects(value: object, where: str) -> list[Mapping[str, Any]]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise BadReview(f"{where} must be a list of objects")
     return value
 
