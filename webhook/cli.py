@@ -51,9 +51,8 @@ async def _read_cluster(kubeconfig: str | None, namespace: str) -> tuple[list[An
             )
             ns = await client.CoreV1Api(api).read_namespace(namespace)
         except client.ApiException as exc:
-            raise ValueError(
-                f"the cluster answered {exc.status} {exc.reason}: {exc.body}"
-            ) from None
+            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+            raise ValueError(f"the cluster answered {exc.status} {exc.reason}: {body}") from None
     labels = ns.metadata.labels or {}
     return list(listed.get("items", [])), labels.get(NAMESPACE_AUTO_LABEL) == "auto"
 

@@ -1,0 +1,241 @@
+"""Controller benchmark against a real apiserver + controller-manager (envtest).
+
+N ImageCaches are reconciled to Ready (this process plays kubelet and the snapshot controller),
+then M pods with webhook decisions get their Events; the controller's API requests are
+counted by verb. Usage:
+
+    KUBEBUILDER_ASSETS=$PWD/.envtest .venv/bin/python bench/controller_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from envtest import control_plane  # noqa: E402
+
+from webhook.controller import kube as k  # noqa: E402
+from webhook.controller.controller import Controller  # noqa: E402
+from webhook.controller.kube import ApiError, Kube, load_configuration  # noqa: E402
+from webhook.core import reconcile_names as rn  # noqa: E402
+from webhook.core.build_result import encode_build_result  # noqa: E402
+from webhook.core.reconcile_model import Settings  # noqa: E402
+
+NS = "imagecache-system"
+APP = "bench-app"
+DIGEST = "sha256:" + "b" * 64
+
+
+async def gather_limited(limit: int, coros: list[Any]) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> None:
+        async with semaphore:
+            try:
+                await coro
+            except ApiError as exc:
+                if exc.status not in (404, 409):
+                    raise
+
+    await asyncio.gather(*(one(c) for c in coros))
+
+
+async def play_kubelet(kube: Kube, stop: asyncio.Event) -> None:
+    """Builder pods succeed at once with a one-image result."""
+    done: set[str] = set()
+    message = encode_build_result([("docker.io/library/nginx:latest", DIGEST, 1000)], 1000)
+    while not stop.is_set():
+        listed = await kube.list(k.POD, NS, rn.BUILD_OF_LABEL)
+        todo = [p for p in listed["items"] if p["metadata"]["uid"] not in done]
+        patches = []
+        for pod in todo:
+            done.add(pod["metadata"]["uid"])
+            status = {"phase": "Succeeded", "containerStatuses": [{
+                "name": "builder", "image": "x", "imageID": "", "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                         "message": message}}}]}  # fmt: skip
+            name = pod["metadata"]["name"]
+            patches.append(kube.patch(k.POD, NS, name, {"status": status}, subresource="status"))
+        await gather_limited(16, patches)
+        await asyncio.sleep(0.5)
+
+
+async def play_snapshot_controller(kube: Kube, stop: asyncio.Event) -> None:
+    """Primary snapshots get a content and become ready."""
+    done: set[str] = set()
+    while not stop.is_set():
+        listed = await kube.list(k.SNAPSHOT, NS, f"{rn.COMPONENT_LABEL}={rn.PRIMARY}")
+        work = []
+        for snap in listed["items"]:
+            meta = snap["metadata"]
+            if meta["uid"] in done:
+                continue
+            done.add(meta["uid"])
+            work.append(_ready(kube, meta))
+        await gather_limited(16, work)
+        await asyncio.sleep(0.5)
+
+
+async def _ready(kube: Kube, meta: dict[str, Any]) -> None:
+    content = f"snapcontent-{meta['uid']}"
+    await kube.create({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+        "metadata": {"name": content},
+        "spec": {"deletionPolicy": "Delete", "driver": "bench.csi",
+                 "source": {"volumeHandle": "v"},
+                 "volumeSnapshotRef": {"name": meta["name"], "namespace": NS}}})  # fmt: skip
+    await kube.patch(k.CONTENT, None, content,
+                     {"status": {"snapshotHandle": f"h-{meta['uid']}", "readyToUse": True}},
+                     subresource="status")  # fmt: skip
+    await kube.patch(k.SNAPSHOT, NS, meta["name"],
+                     {"status": {"boundVolumeSnapshotContentName": content, "readyToUse": True,
+                                 "restoreSize": "20Gi"}}, subresource="status")  # fmt: skip
+
+
+async def count_ready(kube: Kube) -> int:
+    listed = await kube.list(k.IMAGECACHE)
+    return sum(1 for c in listed["items"] if (c.get("status") or {}).get("phase") == "Ready")
+
+
+async def bench(kubeconfig: str, caches: int, pods: int) -> dict[str, Any]:
+    tester = Kube(await load_configuration(kubeconfig))
+    mine = Kube(await load_configuration(kubeconfig))
+    for name in (NS, APP):
+        await tester.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    await tester.create({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                         "metadata": {"name": "bench"}, "driver": "bench.csi",
+                         "deletionPolicy": "Delete"})  # fmt: skip
+    while True:  # the default ServiceAccount (pods need it) comes from the controller-manager
+        try:
+            await tester.request("GET", f"/api/v1/namespaces/{APP}/serviceaccounts/default")
+            break
+        except ApiError:
+            await asyncio.sleep(0.2)
+    settings = Settings(namespace=NS, builder_image="bench", snapshot_class="bench",
+                        backoff_limit=0, in_use_grace_seconds=0)  # fmt: skip
+    controller = Controller(mine, settings, workers=8, status_batch_seconds=1.0)
+    stop = asyncio.Event()
+    helpers = [
+        asyncio.create_task(controller.run(stop)),
+        asyncio.create_task(play_kubelet(tester, stop)),
+        asyncio.create_task(play_snapshot_controller(tester, stop)),
+    ]
+    result: dict[str, Any] = {"caches": caches, "pods": pods}
+    try:
+        start = time.monotonic()
+        await gather_limited(16, [
+            tester.create({"apiVersion": "imagecache.dev/v1alpha1", "kind": "ImageCache",
+                           "metadata": {"name": f"bench-{n}"},
+                           "spec": {"images": [f"nginx:{n}"], "imageCacheSize": 1}})
+            for n in range(caches)
+        ])  # fmt: skip
+        while True:
+            if await count_ready(tester) >= caches:
+                break
+            await asyncio.sleep(1)
+        ready_seconds = time.monotonic() - start
+        # Build objects are gone once all are Ready (a pass after Ready cleans up).
+        while True:
+            if not (await tester.list(k.JOB, NS))["items"]:
+                break
+            await asyncio.sleep(1)
+        settled = time.monotonic() - start
+        build_requests = Counter(mine.requests)
+        result.update(
+            ready_seconds=round(ready_seconds, 1),
+            settled_seconds=round(settled, 1),
+            requests_to_ready=dict(build_requests),
+            requests_per_cache=round(sum(build_requests.values()) / caches, 1),
+            reconciles_per_cache=round(controller.reconcile_count / caches, 1),
+        )
+
+        # The pods use 10 caches: lastMatchedTime is then written per cache and batch, not
+        # per pod, and 10 copies are made in the pods' namespace.
+        used = min(caches, 10)
+        start = time.monotonic()
+        await gather_limited(16, [
+            tester.create({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": f"p{n}", "namespace": APP,
+                                        "labels": {"imagecache.dev/cache": f"bench-{n % used}"},
+                                        "annotations": {"imagecache.dev/decision": "hit",
+                                                        "imagecache.dev/cache":
+                                                            f"bench-{n % used}"}},
+                           "spec": {"automountServiceAccountToken": False,
+                                    "containers": [{"name": "c", "image": "nginx"}]}})
+            for n in range(pods)
+        ])  # fmt: skip
+        created = time.monotonic() - start
+        while True:
+            events = await tester.list(k.EVENT, APP)
+            ours = [e for e in events["items"] if e.get("reason") == "ImageCacheHit"]
+            if len(ours) >= pods:
+                break
+            await asyncio.sleep(0.5)
+        events_seconds = time.monotonic() - start
+        copies = used
+        while True:
+            listed = await tester.list(k.SNAPSHOT, APP)
+            if len(listed["items"]) >= copies:
+                break
+            await asyncio.sleep(0.5)
+        copies_seconds = time.monotonic() - start
+        await asyncio.sleep(2 * controller.status_batch_seconds)  # lastMatchedTime batch
+        pod_requests = Counter(mine.requests) - build_requests
+        matched = sum(
+            1
+            for c in (await tester.list(k.IMAGECACHE))["items"]
+            if (c.get("status") or {}).get("lastMatchedTime")
+        )
+        result.update(
+            pod_create_seconds=round(created, 1),
+            pod_events_seconds=round(events_seconds, 1),
+            copies=copies,
+            caches_with_last_matched_time=matched,
+            copies_seconds=round(copies_seconds, 1),
+            requests_for_pods=dict(pod_requests),
+            requests_per_pod=round(sum(pod_requests.values()) / max(1, pods), 2),
+        )
+    finally:
+        stop.set()
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await tester.close()
+        await mine.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100 caches and 100 pods")
+    parser.add_argument("--caches", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=1000)
+    args = parser.parse_args()
+    if args.quick:
+        args.caches, args.pods = 100, 100
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if not assets:
+        print("KUBEBUILDER_ASSETS is not set: run hack/envtest-setup.sh", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    with control_plane(Path(assets)) as plane:
+        result = asyncio.run(bench(str(plane.kubeconfig), args.caches, args.pods))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Rebuilds, snapshot copies and pod Events against the real apiserver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
+from envtest import ControlPlane
+
+from webhook.controller import kube as k
+from webhook.controller.kube import ApiError, Kube, load_configuration
+
+pytestmark = pytest.mark.envtest
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+
+
+@pytest.fixture
+async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
+    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
+    try:
+        yield Cluster(apiserver, kube)
+    finally:
+        await kube.close()
+
+
+@pytest.fixture
+async def running(
+    apiserver: ControlPlane, cluster: Cluster
+) -> AsyncIterator[tuple[ControllerProcess, str, str]]:
+    namespace = await cluster.namespace(unique("imc-system"))
+    await cluster.snapshot_class()
+    selector = f"test={unique('t')}"
+    process = ControllerProcess(apiserver, namespace, selector).start()
+    try:
+        yield process, namespace, selector
+    finally:
+        process.kill()
+
+
+async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:
+    try:
+        return await cluster.kube.get(res, namespace, name)
+    except ApiError:
+        return None
+
+
+def pod(
+    namespace: str, name: str, decision: str, cache: str | None, missing: str = ""
+) -> dict[str, Any]:
+    """A pod as the webhook leaves it (labels and annotations), created directly."""
+    annotations = {"imagecache.dev/decision": decision}
+    labels = {}
+    if cache:
+        annotations["imagecache.dev/cache"] = cache
+        if decision in ("hit", "mismatch"):
+            labels["imagecache.dev/cache"] = cache
+    if missing:
+        annotations["imagecache.dev/missing-images"] = missing
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "app", "image": "nginx"}],
+        },
+    }
+
+
+async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
+    cluster: Cluster, running: tuple[ControllerProcess, str, str]
+) -> None:
+    process, ns, selector = running
+    eager = await cluster.namespace(unique("eager"))
+    name = unique("rb")
+    await cluster.cache(name, {"images": ["nginx:1"], "namespaces": [eager]}, selector)
+    first = await make_ready(cluster, ns, name, [("docker.io/library/nginx:1", D1, 5)], "h1")
+    old_snapshot = first["status"]["snapshotName"]
+    # Eager copy for spec.namespaces, without any pod there.
+    copy = await eventually(
+        lambda: _get(cluster, k.SNAPSHOT, eager, f"imagecache-{name}"), "eager copy"
+    )
+    old_content = copy["spec"]["source"]["volumeSnapshotContentName"]
+
+    # retentionDays alone does not rebuild.
+    await cluster.kube.patch(k.IMAGECACHE, None, name, {"spec": {"retentionDays": 3}})
+
+    async def has_expiry() -> Any:
+        return ((await cluster.get_cache(name)) or {}).get("status", {}).get("expireTime")
+
+    await eventually(has_expiry, "expireTime")
+    assert await cluster.owned(k.JOB, ns, name) == []
+
+    # A changed image list builds beside the served snapshot.
+    await cluster.kube.patch(k.IMAGECACHE, None, name, {"spec": {"images": ["nginx:1", "redis"]}})
+    await cluster.one(k.JOB, ns, name, "rebuild Job")
+    during = await cluster.get_cache(name) or {}
+    assert during["status"]["phase"] == "Ready"
+    assert during["status"]["snapshotName"] == old_snapshot
+    assert "rebuilding" in during["status"]["message"]
+
+    second = await make_ready(
+        cluster,
+        ns,
+        name,
+        [("docker.io/library/nginx:1", D1, 5), ("docker.io/library/redis:latest", D2, 6)],
+        "h2",
+    )
+    assert second["status"]["snapshotName"] != old_snapshot
+    assert second["status"]["imageCount"] == 2
+
+    # The copy is repointed at the new snapshot, then the old primary goes.
+    async def repointed() -> Any:
+        now = await _get(cluster, k.SNAPSHOT, eager, f"imagecache-{name}")
+        if now and now["spec"]["source"]["volumeSnapshotContentName"] != old_content:
+            return now
+        return None
+
+    fresh = await eventually(repointed, "copy repointed")
+    content = await cluster.kube.get(
+        k.CONTENT, None, fresh["spec"]["source"]["volumeSnapshotContentName"]
+    )
+    assert content["spec"]["source"]["snapshotHandle"] == "h2"
+
+    async def old_gone() -> bool:
+        return (
+            await _get(cluster, k.SNAPSHOT, ns, old_snapshot) is None
+            and await _get(cluster, k.CONTENT, None, old_content) is None
+        )
+
+    await eventually(old_gone, "superseded snapshot and copy content deleted")
+    await cluster.delete_cache(name)
+    await cluster.gone(name)
+    assert await cluster.leftovers(ns, name) == {}, process.tail()
+
+
+async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
+    cluster: Cluster, running: tuple[ControllerProcess, str, str]
+) -> None:
+    process, ns, selector = running
+    name = unique("pe")
+    await cluster.cache(name, {"images": ["nginx", "redis"]}, selector)
+    await make_ready(cluster, ns, name, [("docker.io/library/nginx:latest", D1, 5)], "h1")
+    app = await cluster.namespace(unique("app"))
+    assert await _get(cluster, k.SNAPSHOT, app, f"imagecache-{name}") is None
+
+    pods = [
+        pod(app, "hit", "hit", name),
+        pod(app, "mismatch", "mismatch", name, missing="docker.io/library/busybox:latest"),
+        pod(app, "miss", "miss", None),
+        pod(app, "unavailable", "unavailable", "no-such-cache"),
+        {**pod(app, "undecided", "hit", None), "metadata": {"name": "undecided", "namespace": app}},
+    ]
+    for manifest in pods:
+        await cluster.kube.create(manifest)
+
+    # The hit made a copy in the pod's namespace.
+    copy = await eventually(
+        lambda: _get(cluster, k.SNAPSHOT, app, f"imagecache-{name}"), "copy in the pod's namespace"
+    )
+    assert copy["metadata"]["labels"]["imagecache.dev/cache"] == name
+
+    async def pod_events() -> Any:
+        listed = await cluster.kube.list(k.EVENT, app)
+        found = {
+            e["involvedObject"]["name"]: (e["type"], e["reason"], e["message"])
+            for e in listed.get("items") or []
+            if e.get("reportingComponent") == "imagecache-controller"
+        }
+        return found if len(found) >= 4 else None
+
+    events = await eventually(pod_events, "pod events")
+    assert set(events) == {"hit", "mismatch", "miss", "unavailable"}
+    assert events["hit"][:2] == ("Normal", "ImageCacheHit")
+    assert events["mismatch"][:2] == ("Warning", "ImageCacheMismatch")
+    assert "docker.io/library/busybox:latest" in events["mismatch"][2]
+    assert events["miss"][:2] == ("Normal", "ImageCacheMiss")
+    assert events["unavailable"][:2] == ("Warning", "ImageCacheUnavailable")
+    assert "no-such-cache" in events["unavailable"][2]
+
+    # lastMatchedTime: the newest hit/mismatch pod's creation time, written in one batch.
+    async def matched() -> Any:
+        return ((await cluster.get_cache(name)) or {}).get("status", {}).get("lastMatchedTime")
+
+    stamp = await eventually(matched, "lastMatchedTime")
+    created = (await cluster.kube.get(k.POD, app, "mismatch"))["metadata"]["creationTimestamp"]
+    assert stamp >= created
+
+    # Once per pod: a restarted controller writes no second Event.
+    process.kill()
+    restarted = ControllerProcess(process.plane, ns, selector).start()
+    try:
+        await eventually(lambda: _healthy(restarted), "restarted controller healthy")
+        # It tries the four Events again (it keeps no memory) and the apiserver says 409.
+        await eventually(lambda: _creates(restarted, 4), "restarted controller tried the Events")
+        listed = await cluster.kube.list(k.EVENT, app)
+        ours = [
+            e
+            for e in listed.get("items") or []
+            if e.get("reportingComponent") == "imagecache-controller"
+        ]
+        assert len(ours) == 4 and all(e["count"] == 1 for e in ours)
+        # Pods that run have their disks: the cache is no longer protected by them.
+        for started in ("hit", "mismatch"):
+            await cluster.kube.patch(
+                k.POD, app, started, {"status": {"phase": "Running"}}, subresource="status"
+            )
+        await cluster.delete_cache(name)
+        await cluster.gone(name)
+    finally:
+        restarted.kill()
+
+
+async def _metrics(process: ControllerProcess) -> str | None:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{process.port}/metrics") as response,
+        ):
+            return await response.text() if response.status == 200 else None
+    except aiohttp.ClientError:
+        return None
+
+
+async def _creates(process: ControllerProcess, at_least: int) -> bool:
+    text = await _metrics(process) or ""
+    for line in text.splitlines():
+        if line.startswith('imagecache_api_requests_total{verb="create"}'):
+            return float(line.split()[-1]) >= at_least
+    return False
+
+
+async def _healthy(process: ControllerProcess) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{process.port}/metrics") as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError:
+        return False
+    return response.status == 200 and "imagecache_leader 1.0" in text

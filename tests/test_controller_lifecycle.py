@@ -1,0 +1,297 @@
+"""The controller against the real apiserver and controller-manager, from create to Ready to
+expiry to deletion; the test plays kubelet and the snapshot controller."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from controller_harness import (
+    DRIVER,
+    Cluster,
+    ControllerProcess,
+    dockerconfig,
+    eventually,
+    unique,
+)
+from envtest import ControlPlane
+
+from webhook.controller import kube as k
+from webhook.controller.kube import Kube, load_configuration
+from webhook.core import reconcile_names as rn
+
+pytestmark = pytest.mark.envtest
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+@pytest.fixture
+async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
+    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
+    try:
+        yield Cluster(apiserver, kube)
+    finally:
+        await kube.close()
+
+
+@pytest.fixture
+async def running(
+    apiserver: ControlPlane, cluster: Cluster
+) -> AsyncIterator[tuple[ControllerProcess, str, str]]:
+    """A controller with its own namespace, reconciling only this test's caches."""
+    namespace = await cluster.namespace(unique("imc-system"))
+    await cluster.snapshot_class()
+    selector = f"test={unique('t')}"
+    process = ControllerProcess(apiserver, namespace, selector).start()
+    try:
+        yield process, namespace, selector
+    finally:
+        process.kill()
+
+
+def _labels_of(cache: str) -> str:
+    return rn.label_value(cache)
+
+
+async def test_build_ready_copy_expire_delete(
+    cluster: Cluster, running: tuple[ControllerProcess, str, str]
+) -> None:
+    process, ns, selector = running
+    team = await cluster.namespace(unique("team"))
+    await cluster.kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "regcred", "namespace": team},
+            "data": {".dockerconfigjson": dockerconfig("registry.example", "u", "p")},
+        }
+    )
+    name = unique("web")
+    spec: dict[str, Any] = {
+        "images": ["registry.example/app:1", "nginx"],
+        "imageCacheSize": 7,
+        "imagePullSecrets": [f"{team}/regcred"],
+        "platforms": ["linux/arm64"],
+        "insecureRegistries": ["registry.example"],
+    }
+    await cluster.cache(name, spec, selector)
+
+    # The build: pull secret copied, PVC of the requested size, hardened builder Job.
+    job = await cluster.one(k.JOB, ns, name, "builder Job")
+    pvc = await cluster.one(k.PVC, ns, name, "build PVC")
+    secret = await cluster.one(k.SECRET, ns, name, "copied pull secret")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "7Gi"
+    assert json.loads(base64.b64decode(secret["data"]["0.json"]))["auths"]["registry.example"]
+    pod_spec = job["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 600
+    args = container["args"]
+    assert args[:3] == ["build", "--name", name]
+    assert args.count("--image") == 2 and "--serve-credentialed" not in args
+    assert args[args.index("--platform") + 1] == "linux/arm64"
+    assert args[args.index("--insecure-registry") + 1] == "registry.example"
+    assert args[args.index("--pull-secret-file") + 1].endswith("/0.json")
+    assert (await cluster.get_cache(name) or {})["status"]["phase"] == "Creating"
+
+    # kubelet: the builder succeeded; the controller snapshots the disk.
+    await cluster.build(
+        ns,
+        name,
+        [
+            ("registry.example/app:1", DIGEST_A, 1000),
+            ("docker.io/library/nginx:latest", DIGEST_B, 2000),
+        ],
+    )
+    snapshot = await cluster.one(k.SNAPSHOT, ns, name, "primary VolumeSnapshot")
+    assert snapshot["spec"] == {
+        "source": {"persistentVolumeClaimName": pvc["metadata"]["name"]},
+        "volumeSnapshotClassName": "csi-snapclass",
+    }
+    # snapshot controller: ready.
+    await cluster.ready_snapshot(snapshot, handle="snap-handle-1", restore_size="7Gi")
+    ready = await cluster.phase(name, "Ready")
+    status = ready["status"]
+    assert status["snapshotName"] == snapshot["metadata"]["name"]
+    assert status["restoreSize"] == "7Gi"
+    assert status["images"] == [
+        {"image": "registry.example/app:1", "digest": DIGEST_A, "size": 1000},
+        {"image": "docker.io/library/nginx:latest", "digest": DIGEST_B, "size": 2000},
+    ]
+    assert status["imageCount"] == 2 and status["snapshotHandle"] == "snap-handle-1"
+    assert "expireTime" not in status  # retentionDays unset: never
+
+    # The build's Job, pods, PVC and Secret go once Ready.
+    async def build_gone() -> bool:
+        left = await cluster.leftovers(ns, name)
+        return set(left) <= {"VolumeSnapshot", "VolumeSnapshotContent"}
+
+    await eventually(build_gone, "build objects deleted")
+
+    # A copy in the pull secret's namespace (the only one allowed) once a pod there uses it.
+    await cluster.kube.create(_pod(team, name, "hit"))
+    copy = await eventually(lambda: _get(cluster, k.SNAPSHOT, team, f"imagecache-{name}"), "copy")
+    content = await cluster.kube.get(
+        k.CONTENT, None, copy["spec"]["source"]["volumeSnapshotContentName"]
+    )
+    assert content["spec"]["source"] == {"snapshotHandle": "snap-handle-1"}
+    assert content["spec"]["deletionPolicy"] == "Retain" and content["spec"]["driver"] == DRIVER
+    assert copy["metadata"]["ownerReferences"][0]["name"] == name
+
+    # `kubectl describe imc` tells the story.
+    described = cluster.plane.kubectl("describe", "imc", name).stdout
+    for step in ("BuildStarted", "Built", "Ready", "SnapshotCopied"):
+        assert step in described.partition("Events:")[2], described
+
+    # retentionDays: expireTime follows readyTime; once past, Expired and deleted.
+    await cluster.kube.patch(k.IMAGECACHE, None, name, {"spec": {"retentionDays": 2}})
+
+    async def expire_set() -> Any:
+        obj = await cluster.get_cache(name)
+        return (obj or {}).get("status", {}).get("expireTime")
+
+    ready_time = datetime.fromisoformat(status["readyTime"].replace("Z", "+00:00"))
+    expected = (ready_time + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await eventually(expire_set, "expireTime") == expected
+    # Time travel: Ready three days ago. The pod made above is Pending and recent: the cache
+    # waits for it (in-use protection) until it runs.
+    long_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await cluster.kube.patch(
+        k.IMAGECACHE, None, name, {"status": {"readyTime": long_ago}}, subresource="status"
+    )
+
+    async def waiting() -> Any:
+        obj = await cluster.get_cache(name)
+        message = (obj or {}).get("status", {}).get("message", "")
+        return "expired at" in message and "may still clone it" in message
+
+    await eventually(waiting, "in-use protection message")
+    await cluster.kube.patch(
+        k.POD, team, "user", {"status": {"phase": "Running"}}, subresource="status"
+    )
+    try:
+        await cluster.gone(name)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{process.tail(60)}") from None
+    assert await cluster.leftovers(ns, name) == {}
+    reasons = [reason for _, reason, _ in cluster.events(name)]
+    for step in [
+        "BuildStarted",
+        "Built",
+        "Ready",
+        "BuildCleanedUp",
+        "SnapshotCopied",
+        "Expired",
+        "CleanedUp",
+    ]:
+        assert step in reasons, (step, reasons, process.tail())
+
+
+def _pod(namespace: str, cache: str, decision: str, name: str = "user") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"imagecache.dev/cache": cache},
+            "annotations": {"imagecache.dev/decision": decision, "imagecache.dev/cache": cache},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "app", "image": "nginx"}],
+        },
+    }
+
+
+async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:
+    try:
+        return await cluster.kube.get(res, namespace, name)
+    except k.ApiError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("spec_extra", "outcome", "reason", "expected"),
+    [
+        pytest.param(
+            {}, ("ImageNotFound", "manifest unknown: registry.example/app:1"), "ImageNotFound",
+            "Check spec.images", id="image-not-found",
+        ),
+        pytest.param(
+            {}, ("Unauthorized", "401 from registry.example"), "Unauthorized",
+            "spec.imagePullSecrets as namespace/name (now: none)", id="unauthorized",
+        ),
+        pytest.param(
+            {}, ("DiskFull", "needs 9.1 GiB, 7 GiB free"), "DiskFull",
+            "the 7Gi cache disk is too small: set spec.imageCacheSize larger", id="disk-full",
+        ),
+        pytest.param(
+            {"volumeSnapshotClassName": "nope"}, None, "SnapshotClassMissing",
+            "VolumeSnapshotClass 'nope' does not exist", id="snapshot-class-missing",
+        ),
+        pytest.param(
+            {"imagePullSecrets": ["nowhere/regcred"]}, None, "PullSecretMissing",
+            "pull secret nowhere/regcred (spec.imagePullSecrets): no such Secret",
+            id="pull-secret-missing",
+        ),
+        pytest.param(
+            {"images": ["Registry.Example/App"]}, None, "InvalidSpec",
+            "spec.images[0]: invalid image reference 'Registry.Example/App'", id="bad-reference",
+        ),
+        pytest.param(
+            {}, "snapshot-error", "SnapshotFailed", "failed: driver said no. Check the CSI driver",
+            id="snapshot-error",
+        ),
+    ],
+)  # fmt: skip
+async def test_failures_set_failed_with_what_to_do(
+    cluster: Cluster,
+    running: tuple[ControllerProcess, str, str],
+    spec_extra: dict[str, Any],
+    outcome: tuple[str, str] | str | None,
+    reason: str,
+    expected: str,
+) -> None:
+    process, ns, selector = running
+    name = unique("bad")
+    await cluster.cache(
+        name, {"images": ["registry.example/app:1"], "imageCacheSize": 7, **spec_extra}, selector
+    )
+    if isinstance(outcome, tuple):
+        await cluster.fail_build(ns, name, *outcome)
+    elif outcome == "snapshot-error":
+        await cluster.build(ns, name, [("registry.example/app:1", DIGEST_A, 10)])
+        snapshot = await cluster.one(k.SNAPSHOT, ns, name, "primary VolumeSnapshot")
+        await cluster.kube.patch(
+            k.SNAPSHOT,
+            ns,
+            snapshot["metadata"]["name"],
+            {"status": {"readyToUse": False, "error": {"message": "driver said no"}}},
+            subresource="status",
+        )
+    failed = await cluster.phase(name, "Failed")
+    assert expected in failed["status"]["message"], failed["status"]["message"]
+    built = next(c for c in failed["status"]["conditions"] if c["type"] == "Built")
+    assert built["reason"] == reason
+    # A failed build leaves nothing running or holding a disk.
+    try:
+        await eventually(lambda: _clean(cluster, ns, name), "failed build cleaned up")
+    except AssertionError as exc:
+        left = await cluster.leftovers(ns, name)
+        raise AssertionError(f"{exc}: {left}\n{process.tail(40)}") from None
+    warnings = [(r, m) for t, r, m in cluster.events(name) if t == "Warning"]
+    assert warnings == [(reason, failed["status"]["message"])], process.tail()
+    await cluster.delete_cache(name)
+    await cluster.gone(name)
+
+
+async def _clean(cluster: Cluster, ns: str, name: str) -> bool:
+    return await cluster.leftovers(ns, name) == {}

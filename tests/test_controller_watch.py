@@ -1,0 +1,147 @@
+"""The informer against the real apiserver: watches that end, and 410 Gone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from controller_harness import Cluster, eventually, unique
+from envtest import ControlPlane
+
+from webhook.controller.informer import Informer
+from webhook.controller.kube import Kube, Resource, load_configuration
+from webhook.controller.workqueue import WorkQueue
+
+pytestmark = pytest.mark.envtest
+CONFIGMAP = Resource("v1", "ConfigMap", "configmaps", True)
+EVENTS = Resource("v1", "Event", "events", True)
+
+
+@pytest.fixture
+async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
+    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
+    try:
+        yield Cluster(apiserver, kube)
+    finally:
+        await kube.close()
+
+
+def configmap(namespace: str, name: str, value: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"v": value},
+    }
+
+
+def event(namespace: str, name: str, message: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": namespace},
+        "reason": "Test",
+        "message": message,
+    }
+
+
+async def test_watch_resumes_after_the_server_ends_it(cluster: Cluster) -> None:
+    ns = await cluster.namespace(unique("watch"))
+    seen: list[tuple[str, str]] = []
+    informer = Informer(
+        cluster.kube,
+        CONFIGMAP,
+        namespace=ns,
+        handler=lambda kind, obj: seen.append((kind, obj["metadata"]["name"])),
+        watch_timeout=1,  # the apiserver closes each watch after a second
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(informer.run(stop))
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 10)
+        for n in range(4):
+            await cluster.kube.create(configmap(ns, f"cm{n}", "x"))
+            await asyncio.sleep(0.8)  # across several watch restarts
+        await cluster.kube.delete(CONFIGMAP, ns, "cm0")
+
+        async def caught_up() -> bool:
+            names = {n for _, n in informer.store if n.startswith("cm")}
+            return names == {"cm1", "cm2", "cm3"}
+
+        await eventually(caught_up, "all changes seen")
+        assert informer.relists == 1  # resumed from its resourceVersion, never listed again
+        assert cluster.kube.requests["watch"] >= 3
+        assert ("DELETED", "cm0") in seen
+    finally:
+        stop.set()
+        await task
+
+
+async def test_410_gone_lists_again_and_reports_what_changed(
+    apiserver: ControlPlane, cluster: Cluster
+) -> None:
+    # Events: the apiserver serves their watches from etcd (no watch cache), so compacting
+    # etcd makes an old resourceVersion Gone, as it happens every 5 minutes in a cluster.
+    ns = await cluster.namespace(unique("gone"))
+    await cluster.kube.create(event(ns, "busy", "0"))
+    await cluster.kube.create(event(ns, "doomed", "0"))
+    seen: list[tuple[str, str]] = []
+    informer = Informer(
+        cluster.kube,
+        EVENTS,
+        namespace=ns,
+        handler=lambda kind, obj: seen.append((kind, obj["metadata"]["name"])),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(informer.run(stop))
+    await asyncio.wait_for(informer.synced.wait(), 10)
+    stop.set()
+    await task
+    old_version = informer.resource_version
+    # While it is not watching: changes, then compaction past its version.
+    await cluster.kube.delete(EVENTS, ns, "doomed")
+    for n in range(1, 6):
+        await cluster.kube.patch(EVENTS, ns, "busy", {"message": str(n)})
+    apiserver.compact_etcd()
+    seen.clear()
+    stop = asyncio.Event()
+    task = asyncio.create_task(informer.run(stop))
+    try:
+
+        async def relisted() -> bool:
+            obj = informer.get(ns, "busy")
+            return informer.relists == 2 and obj is not None and obj["message"] == "5"
+
+        await eventually(relisted, "relist after 410 Gone")
+        assert informer.resource_version != old_version
+        assert informer.get(ns, "doomed") is None
+        assert ("DELETED", "doomed") in seen and ("MODIFIED", "busy") in seen
+    finally:
+        stop.set()
+        await task
+
+
+async def test_work_queue_backs_off_per_key_and_dedupes() -> None:
+    queue = WorkQueue(base_delay=0.05, max_delay=1.0)
+    stop = asyncio.Event()
+    timers = asyncio.create_task(queue.run_timers(stop))
+    try:
+        queue.add("a")
+        queue.add("a")
+        assert len(queue) == 1
+        key = await queue.get()
+        queue.add("a")  # while processing: once more after done, not concurrently
+        assert len(queue) == 0
+        queue.done(key)
+        assert len(queue) == 1
+        await queue.get()
+        delays = [queue.retry("a") for _ in range(4)]
+        assert delays == sorted(delays) and delays[-1] > 4 * delays[0]
+        queue.done("a")
+        queue.forget("a")
+        assert await asyncio.wait_for(queue.get(), 3) == "a"
+    finally:
+        stop.set()
+        await timers

@@ -1,0 +1,443 @@
+"""The reconcile planner, table-driven: observed state + now -> actions and status."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from webhook.core import reconcile_cache as rc
+from webhook.core import reconcile_names as rn
+from webhook.core.build_result import encode_build_error, encode_build_result
+from webhook.core.reconcile_model import (
+    AddFinalizer,
+    BuilderPod,
+    Cache,
+    ContentState,
+    CopyPullSecrets,
+    Create,
+    Delete,
+    DeleteCache,
+    Emit,
+    JobState,
+    Observed,
+    OwnedObject,
+    PatchStatus,
+    Plan,
+    RemoveFinalizer,
+    Settings,
+    SnapshotClass,
+    SnapshotState,
+    UserPod,
+)
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+SETTINGS = Settings(namespace="imc", builder_image="img", snapshot_class="snap")
+CLASSES = (SnapshotClass("snap", "csi.example", False),)
+D1 = "sha256:" + "1" * 64
+GIB = 1024**3
+NAME = "web"
+
+
+def cache(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, **kw: Any
+) -> Cache:
+    base = Cache(
+        name=NAME,
+        uid="uid-1",
+        generation=1,
+        deleting=False,
+        finalizers=(rn.FINALIZER,),
+        annotations={},
+        spec=spec if spec is not None else {"images": ["nginx"], "imageCacheSize": 5},
+        status=status or {},
+    )
+    return replace(base, **kw)
+
+
+def bid_of(c: Cache) -> str:
+    return rc.build_inputs(Observed(cache=c), SETTINGS).bid
+
+
+def observed(c: Cache, **kw: Any) -> Observed:
+    kw.setdefault("snapshot_classes", CLASSES)
+    return Observed(cache=c, **kw)
+
+
+def job(c: Cache, component: str = rn.BUILDER, **kw: Any) -> JobState:
+    base = JobState(name=f"job-{component}", bid=bid_of(c), component=component, succeeded=False,
+                    failed=False, start=NOW - timedelta(minutes=3))  # fmt: skip
+    return replace(base, **kw)
+
+
+def pod(c: Cache, message: str | None, component: str = rn.BUILDER, reason: str = "") -> BuilderPod:
+    return BuilderPod(name=f"pod-{component}", bid=bid_of(c), component=component,
+                      phase="Succeeded", termination_message=message, exit_code=0,
+                      reason=reason, created=NOW)  # fmt: skip
+
+
+def primary(
+    bid: str, ready: bool = False, error: str | None = None, result: str = ""
+) -> SnapshotState:
+    return SnapshotState(name=rn.primary_name(NAME, bid), namespace="imc", bid=bid,
+                         component=rn.PRIMARY, ready=ready, error=error,
+                         bound_content="content-1" if ready else None, restore_size="5Gi",
+                         result=result or None)  # fmt: skip
+
+
+def kinds(plan: Plan) -> list[str]:
+    out = []
+    for action in plan.actions:
+        if isinstance(action, Create):
+            out.append(f"Create {action.obj['kind']}")
+        elif isinstance(action, Delete):
+            out.append(f"Delete {action.kind}")
+        elif isinstance(action, Emit):
+            out.append(f"Emit {action.reason}")
+        else:
+            out.append(type(action).__name__)
+    return out
+
+
+def status_of(plan: Plan) -> dict[str, Any]:
+    patches = [a.status for a in plan.actions if isinstance(a, PatchStatus)]
+    return patches[-1] if patches else {}
+
+
+RESULT = encode_build_result([("docker.io/library/nginx:latest", D1, 3 * GIB)], 3 * GIB)
+C = cache()
+B = bid_of(C)
+READY_STATUS = {
+    "phase": "Ready", "snapshotName": rn.primary_name(NAME, B), "buildId": B,
+    "snapshotHandle": "h1", "snapshotDriver": "csi.example", "readyTime": "2024-04-30T12:00:00Z",
+    "images": [{"image": "docker.io/library/nginx:latest", "digest": D1, "size": 3}],
+}  # fmt: skip
+SERVED = primary(B, ready=True)
+
+
+@pytest.mark.parametrize(
+    ("obs", "expected_kinds", "expected_status"),
+    [
+        pytest.param(
+            observed(cache(finalizers=())),
+            ["AddFinalizer", "Create PersistentVolumeClaim", "Create Job", "Emit BuildStarted",
+             "PatchStatus"],
+            {"phase": "Creating"},
+            id="new-cache-builds",
+        ),
+        pytest.param(
+            observed(cache({"images": ["nginx"], "imagePullSecrets": ["team/regcred"]})),
+            ["CopyPullSecrets", "Create PersistentVolumeClaim", "Create Job", "Emit BuildStarted",
+             "PatchStatus"],
+            {"phase": "Creating"},
+            id="pull-secrets-copied-first",
+        ),
+        pytest.param(
+            observed(cache({"images": ["nginx"], "imageCacheSize": 0})),
+            ["Create Job", "Emit SizingStarted", "PatchStatus"],
+            {"phase": "Creating"},
+            id="auto-size-measures-first",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C),)),
+            ["PatchStatus"],
+            {"phase": "Creating", "message": "builder Job job-builder is pulling the images"},
+            id="job-running",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, succeeded=True),), builder_pods=(pod(C, RESULT),)),
+            ["Create VolumeSnapshot", "Emit Built", "PatchStatus"],
+            {"phase": "Creating"},
+            id="built-takes-snapshot",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, succeeded=True),), builder_pods=(pod(C, None),)),
+            ["Emit BuildResultUnreadable", "PatchStatus"],
+            {"phase": "Failed"},
+            id="no-result",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, failed=True),),
+                     builder_pods=(pod(C, encode_build_error("Unauthorized", "401 from reg")),)),
+            ["Emit Unauthorized", "PatchStatus"],
+            {"phase": "Failed", "message": "401 from reg. Put a kubernetes.io/dockerconfigjson "
+             "Secret that can pull it in spec.imagePullSecrets as namespace/name (now: none)"},
+            id="unauthorized",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, failed=True),),
+                     builder_pods=(pod(C, encode_build_error("DiskFull", "needs 9 GiB")),)),
+            ["Emit DiskFull", "PatchStatus"],
+            {"phase": "Failed", "message": "needs 9 GiB. the 5Gi cache disk is too small: set "
+             "spec.imageCacheSize larger, or to 0 to size it from the images"},
+            id="disk-full",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, failed=True, reason="DeadlineExceeded"),)),
+            ["Emit DeadlineExceeded", "PatchStatus"],
+            {"phase": "Failed"},
+            id="deadline",
+        ),
+        pytest.param(
+            observed(C, jobs=(job(C, failed=True),),
+                     builder_pods=(pod(C, None, reason="OOMKilled"),)),
+            ["Emit OutOfMemory", "PatchStatus"],
+            {"phase": "Failed", "message": "the builder ran out of memory (4Gi): raise the "
+             "controller's --builder-memory"},
+            id="oom",
+        ),
+        pytest.param(
+            observed(C, snapshots=(primary(B, error="quota exceeded"),)),
+            ["Emit SnapshotFailed", "PatchStatus"],
+            {"phase": "Failed"},
+            id="snapshot-error",
+        ),
+        pytest.param(
+            observed(C, snapshots=(primary(B),)),
+            ["PatchStatus"],
+            {"phase": "Creating"},
+            id="snapshot-not-ready",
+        ),
+        pytest.param(
+            observed(C, snapshot_classes=()),
+            ["Emit SnapshotClassMissing", "PatchStatus"],
+            {"phase": "Failed", "message": "VolumeSnapshotClass 'snap' does not exist: create it "
+             "or set spec.volumeSnapshotClassName to one that does (classes: none)"},
+            id="snapshot-class-missing",
+        ),
+        pytest.param(
+            observed(cache({"images": ["Nginx:1"]})),
+            ["Emit InvalidSpec", "PatchStatus"],
+            {"phase": "Failed"},
+            id="invalid-reference",
+        ),
+        pytest.param(
+            observed(cache(status=READY_STATUS), snapshots=(SERVED,),
+                     jobs=(job(C, succeeded=True),), builder_pods=(pod(C, RESULT),),
+                     owned=(OwnedObject("PersistentVolumeClaim", "pvc", B, "5Gi"),)),
+            ["Delete Job", "Delete Pod", "Delete PersistentVolumeClaim", "Emit BuildCleanedUp",
+             "PatchStatus"],
+            {"message": f"1 image cached in snapshot {SERVED.name}"},  # phase: still Ready
+            id="ready-cleans-the-build",
+        ),
+    ],
+)  # fmt: skip
+def test_plan(obs: Observed, expected_kinds: list[str], expected_status: dict[str, Any]) -> None:
+    plan = rc.plan(obs, SETTINGS, NOW)
+    assert kinds(plan) == expected_kinds
+    status = status_of(plan)
+    for key, value in expected_status.items():
+        assert status.get(key) == value, (key, status)
+
+
+def test_build_job_and_disk_follow_the_spec() -> None:
+    c = cache({"images": ["nginx", "ghcr.io/o/a:1"], "imageCacheSize": 12,
+               "storageClassName": "fast", "platforms": ["linux/arm64"]})  # fmt: skip
+    plan = rc.plan(observed(c), SETTINGS, NOW)
+    created = {a.obj["kind"]: a.obj for a in plan.actions if isinstance(a, Create)}
+    pvc = created["PersistentVolumeClaim"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "12Gi"
+    assert pvc["spec"]["storageClassName"] == "fast"
+    assert pvc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    args = created["Job"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["build", "--name", NAME, "--image", "nginx", "--image", "ghcr.io/o/a:1",
+                    "--output", "/cache", "--platform", "linux/arm64",
+                    "--termination-log", "/dev/termination-log"]  # fmt: skip
+
+
+def test_sized_build_uses_the_measured_size() -> None:
+    c = cache({"images": ["nginx"], "imageCacheSize": 0})
+    total = 5 * GIB
+    result = encode_build_result([("docker.io/library/nginx:latest", D1, total)], total)
+    obs = observed(c, jobs=(job(c, rn.SIZER, succeeded=True),),
+                   builder_pods=(pod(c, result, rn.SIZER),))  # fmt: skip
+    plan = rc.plan(obs, SETTINGS, NOW)
+    pvc = next(a.obj for a in plan.actions if isinstance(a, Create) and a.obj["kind"] != "Job")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "8Gi"  # 5 x 1.3 + 1 = 7.5
+    assert "Emit Sized" in kinds(plan)
+
+
+@pytest.mark.parametrize(
+    ("total", "gib"), [(0, 1), (1, 2), (GIB, 3), (10 * GIB, 14), (10**16, 10000)]
+)
+def test_auto_size(total: int, gib: int) -> None:
+    assert rc.auto_size_gib(total) == gib
+
+
+@pytest.mark.parametrize(
+    ("retention", "expected"),
+    [(None, None), (0, None), (3, "2024-05-04T12:00:00Z")],
+)
+def test_ready_sets_expiry_from_retention(retention: int | None, expected: str | None) -> None:
+    spec: dict[str, Any] = {"images": ["nginx"], "imageCacheSize": 5}
+    if retention is not None:
+        spec["retentionDays"] = retention
+    c = cache(spec)
+    snap = primary(bid_of(c), ready=True, result=RESULT)
+    content = ContentState("content-1", "", "h9", "csi.example", "imc")
+    plan = rc.plan(observed(c, snapshots=(snap,), contents=(content,)), SETTINGS, NOW)
+    status = status_of(plan)
+    assert status["phase"] == "Ready" and status["readyTime"] == "2024-05-01T12:00:00Z"
+    assert status.get("expireTime") == expected
+    assert status["images"] == [{"image": "docker.io/library/nginx:latest", "digest": D1,
+                                 "size": 3 * GIB}]  # fmt: skip
+    assert (status["snapshotHandle"], status["restoreSize"], status["imageCount"]) == (
+        "h9",
+        "5Gi",
+        1,
+    )
+    assert "Emit Ready" in kinds(plan)
+
+
+def _expired(pods: tuple[UserPod, ...]) -> Plan:
+    c = cache({"images": ["nginx"], "imageCacheSize": 5, "retentionDays": 1}, READY_STATUS)
+    return rc.plan(observed(c, snapshots=(SERVED,), pods=pods), SETTINGS, NOW)
+
+
+def test_expired_cache_is_deleted() -> None:
+    plan = _expired(())
+    assert kinds(plan)[-3:] == ["Emit Expired", "DeleteCache", "PatchStatus"]
+    assert status_of(plan)["phase"] == "Expired"
+
+
+@pytest.mark.parametrize(
+    ("age", "phase", "protected"),
+    [(30, "Pending", True), (30, "Running", False), (30, "", True), (600, "Pending", False)],
+)
+def test_expiry_waits_for_new_pods(age: int, phase: str, protected: bool) -> None:
+    user = UserPod("app", "p", "u", NOW - timedelta(seconds=age), phase)
+    plan = _expired((user,))
+    assert any(isinstance(a, DeleteCache) for a in plan.actions) is not protected
+    if protected:
+        assert "may still clone it (1 may)" in status_of(plan)["message"]
+        assert plan.requeue_after == pytest.approx(SETTINGS.in_use_grace_seconds - age)
+
+
+def test_spec_change_rebuilds_beside_the_served_snapshot() -> None:
+    changed = cache({"images": ["nginx", "redis"], "imageCacheSize": 5}, READY_STATUS)
+    plan = rc.plan(observed(changed, snapshots=(SERVED,)), SETTINGS, NOW)
+    assert kinds(plan) == ["Create PersistentVolumeClaim", "Create Job", "Emit BuildStarted",
+                           "PatchStatus"]  # fmt: skip
+    status = status_of(plan)
+    assert status.get("phase", "Ready") == "Ready"  # unchanged: still serving
+    assert status["message"].startswith("rebuilding for the changed spec")
+    assert status["buildId"] != B
+
+
+def test_superseded_snapshot_goes_after_its_copies() -> None:
+    new = cache({"images": ["nginx", "redis"], "imageCacheSize": 5})
+    nb = bid_of(new)
+    status = {**READY_STATUS, "snapshotName": rn.primary_name(NAME, nb), "buildId": nb,
+              "snapshotHandle": "h2"}  # fmt: skip
+    new = replace(new, status=status)
+    old_copy = SnapshotState(rn.copy_name(NAME), "app", B, rn.COPY, True, None, None, None, None,
+                             source_content=rn.copy_content_name(NAME, "app", B))  # fmt: skip
+    snaps = (SERVED, primary(nb, ready=True), old_copy)
+    user = UserPod("app", "p", "u", NOW - timedelta(hours=1), "Running")
+    plan = rc.plan(observed(new, snapshots=snaps, pods=(user,)), SETTINGS, NOW)
+    # The copy in "app" points at the old snapshot: it is replaced first, the old primary stays.
+    deletes = [(a.kind, a.namespace, a.name) for a in plan.actions if isinstance(a, Delete)]
+    assert deletes == [("VolumeSnapshot", "app", rn.copy_name(NAME))]
+    # Next pass, the copy is gone: the old primary goes and a new copy is made.
+    plan = rc.plan(observed(new, snapshots=snaps[:2], pods=(user,)), SETTINGS, NOW)
+    assert kinds(plan)[:4] == ["Delete VolumeSnapshot", "Emit SnapshotDeleted",
+                               "Create VolumeSnapshotContent", "Create VolumeSnapshot"]  # fmt: skip
+    content = next(a.obj for a in plan.actions if isinstance(a, Create))
+    assert content["spec"]["source"] == {"snapshotHandle": "h2"}
+    assert content["spec"]["deletionPolicy"] == "Retain"
+
+
+@pytest.mark.parametrize(
+    ("spec_extra", "pod_namespaces", "copies"),
+    [
+        ({}, ["a", "b"], ["a", "b"]),
+        ({"namespaces": ["c"]}, [], ["c"]),
+        ({"namespaces": ["c"]}, ["a"], ["c"]),  # a is not allowed to use it
+        ({"imagePullSecrets": ["team/cred"]}, ["team", "other"], ["team"]),
+    ],
+)
+def test_copies_go_where_pods_use_the_cache(
+    spec_extra: dict[str, Any], pod_namespaces: list[str], copies: list[str]
+) -> None:
+    c = cache({"images": ["nginx"], "imageCacheSize": 5, **spec_extra})
+    c = replace(c, status={**READY_STATUS, "snapshotName": rn.primary_name(NAME, bid_of(c)),
+                           "buildId": bid_of(c)})  # fmt: skip
+    pods = tuple(UserPod(ns, "p", ns, NOW, "Running") for ns in pod_namespaces)
+    plan = rc.plan(observed(c, snapshots=(primary(bid_of(c), ready=True),), pods=pods),
+                   SETTINGS, NOW)  # fmt: skip
+    made = [a.obj["metadata"]["namespace"] for a in plan.actions
+            if isinstance(a, Create) and a.obj["kind"] == "VolumeSnapshot"]  # fmt: skip
+    assert made == copies
+
+
+def test_failed_build_is_not_retried_and_is_cleaned_up() -> None:
+    failed = rc.plan(
+        observed(C, jobs=(job(C, failed=True, reason="DeadlineExceeded"),)), SETTINGS, NOW
+    )
+    status = status_of(failed)
+    after = cache(status=status)
+    plan = rc.plan(observed(after, jobs=(job(C, failed=True),)), SETTINGS, NOW)
+    assert kinds(plan) == ["Delete Job", "Emit BuildCleanedUp"]
+    assert rc.plan(observed(after), SETTINGS, NOW).actions == ()
+    # A new value of the rebuild annotation is a new build.
+    retry = replace(after, annotations={rn.REBUILD_ANNOTATION: "1"})
+    assert "Create Job" in kinds(rc.plan(observed(retry), SETTINGS, NOW))
+
+
+def test_deletion_cleans_up_then_releases_the_finalizer() -> None:
+    doomed = cache(status=READY_STATUS, deleting=True)
+    copy = SnapshotState(rn.copy_name(NAME), "app", B, rn.COPY, True, None, None, None, None)
+    content = ContentState("copy-content", B, "h1", "csi.example", "app", rn.COPY)
+    plan = rc.plan(observed(doomed, snapshots=(SERVED, copy), contents=(content,)), SETTINGS, NOW)
+    assert kinds(plan) == ["Delete VolumeSnapshot", "Delete VolumeSnapshot",
+                           "Delete VolumeSnapshotContent"]  # fmt: skip
+    assert plan.requeue_after is not None
+    plan = rc.plan(observed(doomed), SETTINGS, NOW)
+    assert kinds(plan) == ["Emit CleanedUp", "RemoveFinalizer"]
+    recent = UserPod("app", "p", "u", NOW - timedelta(seconds=5), "Pending")
+    deferred = rc.plan(observed(doomed, pods=(recent,)), SETTINGS, NOW)
+    assert kinds(deferred) == ["Emit DeletionDeferred", "PatchStatus"]
+    assert not any(isinstance(a, RemoveFinalizer) for a in deferred.actions)
+
+
+def test_without_the_finalizer_nothing_is_done_for_a_deleting_cache() -> None:
+    assert rc.plan(observed(cache(deleting=True, finalizers=())), SETTINGS, NOW).actions == ()
+
+
+def test_default_snapshot_class_is_used_when_none_is_named() -> None:
+    settings = replace(SETTINGS, snapshot_class=None)
+    classes = (SnapshotClass("a", "d", False), SnapshotClass("dflt", "d", True))
+    obs = observed(C, jobs=(job(C, succeeded=True),), builder_pods=(pod(C, RESULT),),
+                   snapshot_classes=classes)  # fmt: skip
+    plan = rc.plan(obs, settings, NOW)
+    snap = next(a.obj for a in plan.actions if isinstance(a, Create))
+    assert snap["spec"]["volumeSnapshotClassName"] == "dflt"
+    assert snap["metadata"]["annotations"][rn.RESULT_ANNOTATION] == RESULT
+    no_default = rc.plan(observed(C, snapshot_classes=classes[:1]), settings, NOW)
+    assert "none is marked default" in status_of(no_default)["message"]
+
+
+def test_planning_twice_changes_nothing_the_second_time() -> None:
+    """Idempotence: once the status is written, the same observation plans no writes."""
+    obs = observed(C, jobs=(job(C),))
+    first = rc.plan(obs, SETTINGS, NOW)
+    status = {k: v for k, v in status_of(first).items() if v is not None}
+    second = rc.plan(observed(cache(status=status), jobs=(job(C),)), SETTINGS, NOW + timedelta(1))
+    assert second.actions == ()
+
+
+def test_pull_secret_failure_status() -> None:
+    plan = rc.pull_secret_failure(observed(C), SETTINGS, "pull secret a/b: gone", NOW)
+    assert status_of(plan)["phase"] == "Failed"
+    assert kinds(plan) == ["Emit PullSecretMissing", "PatchStatus"]
+
+
+def test_copy_pull_secrets_names_every_source() -> None:
+    c = cache({"images": ["nginx"], "imagePullSecrets": ["a/x", "b/y"]})
+    action = next(a for a in rc.plan(observed(c), SETTINGS, NOW).actions
+                  if isinstance(a, CopyPullSecrets))  # fmt: skip
+    assert action.sources == ("a/x", "b/y")
+    assert action.secret["metadata"]["namespace"] == "imc"
+    assert AddFinalizer not in {type(a) for a in rc.plan(observed(c), SETTINGS, NOW).actions}

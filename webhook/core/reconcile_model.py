@@ -1,0 +1,368 @@
+"""What the reconcile planner reads (observed objects, reduced to what matters) and what it
+returns (actions for the shell to carry out). Plain data: the shell builds these from API
+objects with the `*_state` readers below, the planner never sees a client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from webhook.core import reconcile_names as rn
+from webhook.core.caches import parse_time
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    namespace: str  # where builds and primary snapshots live
+    builder_image: str
+    builder_command: tuple[str, ...] = ("imagecache",)
+    storage_class: str | None = None
+    snapshot_class: str | None = None  # None: the cluster's default VolumeSnapshotClass
+    default_size_gib: int = 20  # for caches without imageCacheSize; 0 = size automatically
+    platforms: tuple[str, ...] = ("linux/amd64",)
+    cpu: str = "2"
+    memory: str = "4Gi"
+    build_deadline_seconds: int = 3600
+    backoff_limit: int = 1
+    in_use_grace_seconds: int = 300
+    builder_service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    resync_seconds: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    name: str
+    uid: str
+    generation: int
+    deleting: bool
+    finalizers: tuple[str, ...]
+    annotations: Mapping[str, str]
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    name: str
+    bid: str
+    component: str  # rn.BUILDER or rn.SIZER
+    succeeded: bool
+    failed: bool
+    reason: str = ""  # the Failed condition's reason (BackoffLimitExceeded, DeadlineExceeded)
+    message: str = ""
+    start: datetime | None = None
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderPod:
+    name: str
+    bid: str
+    component: str
+    phase: str
+    termination_message: str | None
+    exit_code: int | None
+    reason: str  # the terminated state's reason: Completed, Error, OOMKilled, ...
+    created: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedObject:
+    """A PVC or Secret of a build: its existence and size is all the planner needs."""
+
+    kind: str
+    name: str
+    bid: str
+    size: str | None = None
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotState:
+    name: str
+    namespace: str
+    bid: str
+    component: str  # rn.PRIMARY or rn.COPY
+    ready: bool
+    error: str | None
+    bound_content: str | None
+    restore_size: str | None
+    result: str | None  # RESULT_ANNOTATION: the builder's termination message
+    source_content: str | None = None  # copies: spec.source.volumeSnapshotContentName
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContentState:
+    name: str
+    bid: str
+    handle: str | None
+    driver: str | None
+    ref_namespace: str | None  # spec.volumeSnapshotRef.namespace
+    component: str = ""  # rn.COPY for the copies' contents; a primary's has no labels of ours
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserPod:
+    namespace: str
+    name: str
+    uid: str
+    created: datetime | None
+    phase: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotClass:
+    name: str
+    driver: str
+    default: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything the planner may look at for one cache."""
+
+    cache: Cache
+    jobs: tuple[JobState, ...] = ()
+    builder_pods: tuple[BuilderPod, ...] = ()
+    owned: tuple[OwnedObject, ...] = ()  # PVCs and Secrets
+    snapshots: tuple[SnapshotState, ...] = ()  # primaries and copies
+    contents: tuple[ContentState, ...] = ()  # copies' contents and fetched primary contents
+    pods: tuple[UserPod, ...] = ()
+    snapshot_classes: tuple[SnapshotClass, ...] = ()
+    classes_known: bool = True  # False: VolumeSnapshotClasses could not be listed
+
+
+# Actions. The shell carries them out in order and stops at the first failure (the queue
+# retries with backoff); every one of them is safe to repeat.
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    obj: Obj
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    api_version: str
+    kind: str
+    namespace: str | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPullSecrets:
+    """Read the `sources` (namespace/name), put each one's .dockerconfigjson under key
+    `<n>.json` of `secret` (a manifest without data), and create it."""
+
+    secret: Obj
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PatchStatus:
+    status: Obj
+
+
+@dataclass(frozen=True, slots=True)
+class AddFinalizer:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFinalizer:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCache:
+    pass
+
+
+Action = (
+    Create
+    | Delete
+    | CopyPullSecrets
+    | PatchStatus
+    | AddFinalizer
+    | RemoveFinalizer
+    | Emit
+    | DeleteCache
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    requeue_after: float | None = None  # seconds; None: wait for a watch event
+
+
+# Readers: API objects (dicts as the API returns them) -> the states above.
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return _meta(obj).get("labels") or {}
+
+
+def _deleting(obj: Mapping[str, Any]) -> bool:
+    return bool(_meta(obj).get("deletionTimestamp"))
+
+
+def cache_state(obj: Mapping[str, Any]) -> Cache:
+    meta = _meta(obj)
+    return Cache(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        deleting=_deleting(obj),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        annotations=dict(meta.get("annotations") or {}),
+        spec=obj.get("spec") or {},
+        status=obj.get("status") or {},
+    )
+
+
+def job_state(obj: Mapping[str, Any]) -> JobState:
+    status = obj.get("status") or {}
+    labels = _labels(obj)
+    succeeded = failed = False
+    reason = message = ""
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            succeeded = True
+        elif condition.get("type") == "Failed":
+            failed = True
+            reason = str(condition.get("reason") or "")
+            message = str(condition.get("message") or "")
+    return JobState(
+        name=str(_meta(obj).get("name", "")),
+        bid=labels.get(rn.BUILD_LABEL, ""),
+        component=labels.get(rn.COMPONENT_LABEL, ""),
+        succeeded=succeeded,
+        failed=failed,
+        reason=reason,
+        message=message,
+        start=parse_time(status.get("startTime")),
+        deleting=_deleting(obj),
+    )
+
+
+def builder_pod_state(obj: Mapping[str, Any]) -> BuilderPod:
+    status = obj.get("status") or {}
+    labels = _labels(obj)
+    message: str | None = None
+    exit_code: int | None = None
+    reason = ""
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or (
+            container.get("lastState") or {}
+        ).get("terminated")
+        if terminated:
+            message = terminated.get("message")
+            exit_code = terminated.get("exitCode")
+            reason = str(terminated.get("reason") or "")
+            break
+    return BuilderPod(
+        name=str(_meta(obj).get("name", "")),
+        bid=labels.get(rn.BUILD_LABEL, ""),
+        component=labels.get(rn.COMPONENT_LABEL, ""),
+        phase=str(status.get("phase") or ""),
+        termination_message=message,
+        exit_code=exit_code,
+        reason=reason,
+        created=parse_time(_meta(obj).get("creationTimestamp")),
+    )
+
+
+def owned_state(obj: Mapping[str, Any], kind: str) -> OwnedObject:
+    """`kind`: items of a LIST carry no kind of their own."""
+    spec = obj.get("spec") or {}
+    size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+    return OwnedObject(
+        kind=kind,
+        name=str(_meta(obj).get("name", "")),
+        bid=_labels(obj).get(rn.BUILD_LABEL, ""),
+        size=str(size) if size is not None else None,
+        deleting=_deleting(obj),
+    )
+
+
+def snapshot_state(obj: Mapping[str, Any]) -> SnapshotState:
+    status = obj.get("status") or {}
+    labels = _labels(obj)
+    error = status.get("error") or {}
+    source = (obj.get("spec") or {}).get("source") or {}
+    restore = status.get("restoreSize")
+    return SnapshotState(
+        name=str(_meta(obj).get("name", "")),
+        namespace=str(_meta(obj).get("namespace", "")),
+        bid=labels.get(rn.BUILD_LABEL, ""),
+        component=labels.get(rn.COMPONENT_LABEL, ""),
+        ready=status.get("readyToUse") is True,
+        error=str(error.get("message")) if error.get("message") else None,
+        bound_content=status.get("boundVolumeSnapshotContentName"),
+        restore_size=str(restore) if restore not in (None, "") else None,
+        result=(_meta(obj).get("annotations") or {}).get(rn.RESULT_ANNOTATION),
+        source_content=source.get("volumeSnapshotContentName"),
+        deleting=_deleting(obj),
+    )
+
+
+def content_state(obj: Mapping[str, Any]) -> ContentState:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    handle = (spec.get("source") or {}).get("snapshotHandle") or status.get("snapshotHandle")
+    return ContentState(
+        name=str(_meta(obj).get("name", "")),
+        bid=_labels(obj).get(rn.BUILD_LABEL, ""),
+        handle=handle,
+        driver=spec.get("driver"),
+        ref_namespace=(spec.get("volumeSnapshotRef") or {}).get("namespace"),
+        component=_labels(obj).get(rn.COMPONENT_LABEL, ""),
+        deleting=_deleting(obj),
+    )
+
+
+def user_pod_state(obj: Mapping[str, Any]) -> UserPod:
+    meta = _meta(obj)
+    return UserPod(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        created=parse_time(meta.get("creationTimestamp")),
+        phase=str((obj.get("status") or {}).get("phase") or ""),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+DEFAULT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+
+
+def snapshot_class_state(obj: Mapping[str, Any]) -> SnapshotClass:
+    annotations = _meta(obj).get("annotations") or {}
+    return SnapshotClass(
+        name=str(_meta(obj).get("name", "")),
+        driver=str(obj.get("driver", "")),
+        default=annotations.get(DEFAULT_CLASS_ANNOTATION) == "true",
+    )
