@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+from webhook.core.imageref import normalize
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
+
+
+def fake_digest(image: str) -> str:
+    return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
 
 
 def cache(
@@ -21,6 +28,7 @@ def cache(
     secrets: list[str] | None = None,
     digests: dict[str, str] | None = None,
     storage_class: str | None = None,
+    status_storage_class: str | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"images": images}
     if size is not None:
@@ -36,8 +44,14 @@ def cache(
         status["restoreSize"] = restore
     if expire is not None:
         status["expireTime"] = expire
-    if digests:
-        status["images"] = [{"image": i, "digest": d, "size": 1} for i, d in digests.items()]
+    if digests is not None:
+        # As the controller writes it after a build: every spec image with its digest.
+        status["images"] = [
+            {"image": normalize(i), "digest": digests.get(normalize(i), fake_digest(i)), "size": 1}
+            for i in images
+        ]
+    if status_storage_class is not None:
+        status["storageClassName"] = status_storage_class
     return {
         "apiVersion": "imagecache.dev/v1alpha1",
         "kind": "ImageCache",

@@ -480,6 +480,15 @@ def test_decision(
     assert decision.reason
 
 
+def test_a_rebuilding_cache_holds_what_its_snapshot_was_built_from() -> None:
+    # spec.images gained redis; the served snapshot (status.images) still holds only nginx.
+    rebuilding = cache("a", ["nginx", "redis"], digests={})
+    rebuilding["status"]["images"] = rebuilding["status"]["images"][:1]
+    index = CacheIndex.from_objects([rebuilding])
+    assert decide(["nginx"], "default", read_request(AUTO), index, NOW).outcome == "hit"
+    assert decide(["redis"], "default", read_request(AUTO), index, NOW).outcome == "miss"
+
+
 def test_namespace_label_makes_auto_the_default() -> None:
     index = CacheIndex.from_objects([cache("a", ["nginx"])])
     assert decide(["nginx"], "ns", read_request({}, namespace_auto=True), index, NOW).outcome == (

@@ -180,6 +180,16 @@ def test_disk_size_only_grows(disk: str, storage: str) -> None:
     assert claim["resources"]["requests"]["storage"] == storage
 
 
+def test_storage_class_the_controller_used_wins() -> None:
+    index = CacheIndex.from_objects(
+        [cache("web", ["nginx:1.25"], storage_class="spec-class", status_storage_class="used")]
+    )
+    p = pod(["nginx:1.25"], annotations=dict(AUTO))
+    decision = decide(["nginx:1.25"], "default", read_request(AUTO), index, NOW)
+    claim = jsonpatch.apply_patch(p, build_patch(p, decision))["spec"]["volumes"][0]
+    assert claim["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] == "used"
+
+
 def test_size_from_spec_when_no_restore_size() -> None:
     p = pod(["redis:7"], annotations=dict(AUTO))
     claim = apply(p)["spec"]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"]

@@ -80,6 +80,26 @@ def _str_list(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+def _built_keys(images: object) -> set[str]:
+    """Image keys from status.images: each built reference by tag, and pinned by its digest."""
+    keys: set[str] = set()
+    for item in images if isinstance(images, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        try:
+            ref = parse(str(item.get("image", "")))
+        except InvalidReference:
+            continue
+        keys.update(k for k in (ref.tagged, ref.pinned) if k)
+        digest = item.get("digest")
+        if isinstance(digest, str) and digest:
+            try:
+                keys.add(parse(f"{ref.name}@{digest}").match_key)
+            except InvalidReference:
+                continue
+    return keys
+
+
 def cache_view(obj: Mapping[str, Any]) -> CacheView:
     """Read an ImageCache object; tolerant, since the index must never fail on one bad cache."""
     meta = obj.get("metadata") or {}
@@ -87,25 +107,15 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
     status = obj.get("status") or {}
     refs: list[ImageRef] = []
     bad: list[str] = []
-    keys: set[str] = set()
     for text in _str_list(spec.get("images")):
         try:
-            ref = parse(text)
+            refs.append(parse(text))
         except InvalidReference:
             bad.append(text)
-            continue
-        refs.append(ref)
-        keys.update(k for k in (ref.tagged, ref.pinned) if k)
-    for item in status.get("images") or []:
-        if not isinstance(item, Mapping):
-            continue
-        digest = item.get("digest")
-        try:
-            ref = parse(str(item.get("image", "")))
-            if isinstance(digest, str) and digest:
-                keys.add(parse(f"{ref.name}@{digest}").match_key)
-        except InvalidReference:
-            continue
+    built = _built_keys(status.get("images"))
+    # What a Ready cache holds is what its snapshot was built from (status.images): during a
+    # rebuild spec.images already lists images the served snapshot does not have.
+    keys = built if built else {k for r in refs for k in (r.tagged, r.pinned) if k}
     restore = status.get("restoreSize")
     restore_size = str(restore) if restore not in (None, "") else None
     size_gib = spec.get("imageCacheSize")
@@ -124,7 +134,8 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
         namespaces = frozenset(
             s.partition("/")[0] for s in _str_list(spec["imagePullSecrets"]) if "/" in s
         )
-    storage_class = spec.get("storageClassName")
+    # status.storageClassName is the class the controller really used (its default included).
+    storage_class = status.get("storageClassName") or spec.get("storageClassName")
     return CacheView(
         name=str(meta.get("name", "")),
         images=tuple(refs),
