@@ -19,7 +19,7 @@ from cryptography import x509
 from envtest import SHARED
 
 from certs.command import main as certs_main
-from webhook.server.cache_watch import WatchOptions
+from webhook.kube.informer import WatchOptions
 from webhook.server.runtime import Options, Webhook
 
 ADMISSION = SHARED / "testdata" / "admission"

@@ -26,7 +26,7 @@ import yaml
 from envtest import ControlPlane, free_port
 
 from webhook.controller.certificates import WEBHOOK_CONFIG, CertificateManager, CertSettings
-from webhook.controller.kube import SECRET, ApiError, Kube, load_configuration
+from webhook.kube.client import SECRET, ApiError, Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 NAMESPACE = "rotation"

@@ -560,7 +560,7 @@ def test_webhook_configuration_rights_are_limited_to_the_chart_s_own() -> None:
 def test_controller_rbac_covers_every_resource_the_controller_code_touches() -> None:
     """Kinds the controller's code uses (informers, creates, deletes, Events, the Lease) must
     each have a rule; a new kind in the code without RBAC fails here, not in a cluster."""
-    from webhook.controller import kube
+    from webhook.kube import client as kube
 
     by_kind = {r.kind: r for r in kube.RESOURCES.values()}
     by_const = {

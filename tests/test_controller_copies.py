@@ -10,8 +10,8 @@ import pytest
 from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
 from envtest import ControlPlane
 
-from webhook.controller import kube as k
-from webhook.controller.kube import ApiError, Kube, load_configuration
+from webhook.kube import client as k
+from webhook.kube.client import ApiError, Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")

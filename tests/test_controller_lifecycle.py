@@ -20,9 +20,9 @@ from controller_harness import (
 )
 from envtest import ControlPlane
 
-from webhook.controller import kube as k
-from webhook.controller.kube import Kube, load_configuration
 from webhook.core import reconcile_names as rn
+from webhook.kube import client as k
+from webhook.kube.client import Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 DIGEST_A = "sha256:" + "a" * 64

@@ -11,10 +11,10 @@ import pytest
 from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
 from envtest import ControlPlane
 
-from webhook.controller import kube as k
-from webhook.controller.kube import Kube, load_configuration
 from webhook.core import reconcile_names as rn
 from webhook.core.build_result import encode_build_result
+from webhook.kube import client as k
+from webhook.kube.client import Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 D1 = "sha256:" + "1" * 64

@@ -9,9 +9,9 @@ import pytest
 from controller_harness import Cluster, eventually, unique
 from envtest import ControlPlane
 
-from webhook.controller.informer import Informer
-from webhook.controller.kube import Kube, Resource, load_configuration
 from webhook.controller.workqueue import WorkQueue
+from webhook.kube.client import Kube, Resource, load_configuration
+from webhook.kube.informer import Informer
 
 pytestmark = pytest.mark.envtest
 CONFIGMAP = Resource("v1", "ConfigMap", "configmaps", True)

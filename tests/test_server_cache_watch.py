@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ from server_fixtures import (
 )
 
 from webhook.core.names import GROUP, PLURAL, VERSION
-from webhook.server.cache_watch import WatchOptions, WatchTarget, list_and_watch
+from webhook.kube.client import IMAGECACHE, Kube
+from webhook.kube.informer import ListWatch, WatchOptions
 
 pytestmark = pytest.mark.envtest
-TARGET = WatchTarget(GROUP, VERSION, PLURAL)
 
 
 def _cache(name: str, *images: str) -> dict[str, Any]:
@@ -69,41 +70,48 @@ async def _kubectl(plane: ControlPlane, *args: str, manifest: dict[str, Any] | N
         await asyncio.to_thread(plane.kubectl, *args)
 
 
+@asynccontextmanager
+async def watching(plane: ControlPlane, recorder: Recorder, **options: Any) -> AsyncIterator[Kube]:
+    """The one LIST+WATCH loop feeding `recorder`, running for the block."""
+    kube = await Kube.connect(str(plane.kubeconfig))
+    loop = ListWatch(
+        kube, IMAGECACHE, on_replace=recorder.on_replace, on_event=recorder.on_event,
+        logger=server_logger(), **options,
+    )  # fmt: skip
+    task = asyncio.create_task(loop.run())
+    try:
+        yield kube
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await kube.close()
+
+
 async def test_list_then_events_then_resume(apiserver: ControlPlane, prefix: str) -> None:
     for n in range(2):
         await _kubectl(apiserver, manifest=_cache(f"{prefix}-a{n}"))
     recorder = Recorder()
-    logger = server_logger()
-    async with await apiserver.api_client() as api:
-        task = asyncio.create_task(
-            list_and_watch(
-                api, TARGET, on_replace=recorder.on_replace, on_event=recorder.on_event,
-                logger=logger, options=WatchOptions(timeout_seconds=2),
-            )
-        )  # fmt: skip
-        try:
-            await wait_for(lambda: bool(recorder.replaced), within=20, what="the first LIST")
-            assert {f"{prefix}-a0", f"{prefix}-a1"} <= set(recorder.replaced[0])
+    async with watching(apiserver, recorder, options=WatchOptions(timeout_seconds=2)) as kube:
+        await wait_for(lambda: bool(recorder.replaced), within=20, what="the first LIST")
+        assert {f"{prefix}-a0", f"{prefix}-a1"} <= set(recorder.replaced[0])
 
-            await _kubectl(apiserver, manifest=_cache(f"{prefix}-b"))
-            await wait_for(lambda: ("ADDED", f"{prefix}-b") in recorder.events, within=20)
-            await _kubectl(apiserver, manifest=_cache(f"{prefix}-b", "busybox:1.36"))
-            await wait_for(lambda: ("MODIFIED", f"{prefix}-b") in recorder.events, within=20)
+        await _kubectl(apiserver, manifest=_cache(f"{prefix}-b"))
+        await wait_for(lambda: ("ADDED", f"{prefix}-b") in recorder.events, within=20)
+        await _kubectl(apiserver, manifest=_cache(f"{prefix}-b", "busybox:1.36"))
+        await wait_for(lambda: ("MODIFIED", f"{prefix}-b") in recorder.events, within=20)
 
-            await asyncio.sleep(2.5)  # the server ends the 2 s watch; the loop resumes it
-            await _kubectl(apiserver, "delete", f"{PLURAL}/{prefix}-a0")
-            await wait_for(lambda: ("DELETED", f"{prefix}-a0") in recorder.events, within=20)
-            # Resumed from the last resourceVersion: no second LIST, no event seen twice.
-            assert len(recorder.replaced) == 1
-            mine = [e for e in recorder.events if e[1].startswith(prefix)]
-            assert mine == [
-                ("ADDED", f"{prefix}-b"),
-                ("MODIFIED", f"{prefix}-b"),
-                ("DELETED", f"{prefix}-a0"),
-            ]
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(2.5)  # the server ends the 2 s watch; the loop resumes it
+        await _kubectl(apiserver, "delete", f"{PLURAL}/{prefix}-a0")
+        await wait_for(lambda: ("DELETED", f"{prefix}-a0") in recorder.events, within=20)
+        # Resumed from the last resourceVersion: no second LIST, no event seen twice.
+        assert len(recorder.replaced) == 1
+        assert kube.requests["list"] == 1 and kube.requests["watch"] >= 2
+        mine = [e for e in recorder.events if e[1].startswith(prefix)]
+        assert mine == [
+            ("ADDED", f"{prefix}-b"),
+            ("MODIFIED", f"{prefix}-b"),
+            ("DELETED", f"{prefix}-a0"),
+        ]
 
 
 async def test_expired_resource_version_lists_again(
@@ -111,23 +119,13 @@ async def test_expired_resource_version_lists_again(
 ) -> None:
     await _kubectl(apiserver, manifest=_cache(f"{prefix}-c"))
     recorder = Recorder()
-    logger = server_logger()
-    async with await apiserver.api_client() as api:
-        task = asyncio.create_task(
-            list_and_watch(
-                api, TARGET, on_replace=recorder.on_replace, on_event=recorder.on_event,
-                logger=logger, resource_version="1",  # long compacted: 410 Gone
-            )
-        )  # fmt: skip
-        try:
-            await wait_for(lambda: bool(recorder.replaced), within=20, what="the LIST after 410")
-            assert f"{prefix}-c" in recorder.replaced[0]
-            assert len(recorder.replaced) == 1
-            await _kubectl(apiserver, manifest=_cache(f"{prefix}-d"))
-            await wait_for(lambda: ("ADDED", f"{prefix}-d") in recorder.events, within=20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    # A version long compacted away: 410 Gone.
+    async with watching(apiserver, recorder, resource_version="1"):
+        await wait_for(lambda: bool(recorder.replaced), within=20, what="the LIST after 410")
+        assert f"{prefix}-c" in recorder.replaced[0]
+        assert len(recorder.replaced) == 1
+        await _kubectl(apiserver, manifest=_cache(f"{prefix}-d"))
+        await wait_for(lambda: ("ADDED", f"{prefix}-d") in recorder.events, within=20)
     messages = [r.getMessage() for r in caplog.records]
     assert "listing again" in messages
     assert "watch failed, retrying" not in messages

@@ -40,21 +40,18 @@ def read_caches_file(path: str) -> list[dict[str, Any]]:
 
 
 async def _read_cluster(kubeconfig: str | None, namespace: str) -> tuple[list[Any], bool]:
-    from kubernetes_asyncio import client
+    from webhook.kube.client import NAMESPACE, ApiError, Kube, Resource
 
-    from webhook.server.cluster import api_client
-
-    async with await api_client(kubeconfig) as api:
-        try:
-            listed = await client.CustomObjectsApi(api).list_cluster_custom_object(
-                GROUP, VERSION, PLURAL
-            )
-            ns = await client.CoreV1Api(api).read_namespace(namespace)
-        except client.ApiException as exc:
-            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
-            raise ValueError(f"the cluster answered {exc.status} {exc.reason}: {body}") from None
-    labels = ns.metadata.labels or {}
-    return list(listed.get("items", [])), labels.get(NAMESPACE_AUTO_LABEL) == "auto"
+    kube = await Kube.connect(kubeconfig)
+    try:
+        listed = await kube.list(Resource(f"{GROUP}/{VERSION}", "ImageCache", PLURAL, False))
+        ns = await kube.get(NAMESPACE, None, namespace)
+    except ApiError as exc:
+        raise ValueError(f"the cluster answered {exc}") from None
+    finally:
+        await kube.close()
+    labels = (ns.get("metadata") or {}).get("labels") or {}
+    return list(listed.get("items") or []), labels.get(NAMESPACE_AUTO_LABEL) == "auto"
 
 
 def explain_main(argv: list[str]) -> int:

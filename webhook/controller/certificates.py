@@ -24,9 +24,9 @@ from cryptography.x509.oid import ExtensionOID
 
 from certs.issue import BACKDATE, Issued, make_ca, make_serving, new_key
 from certs.sans import parse_sans
-from webhook.controller.kube import SECRET, ApiError, Kube, Resource, sleep_or_stop
 from webhook.core.cert_plan import CertFacts, CertInfo, CertPlan, CertPolicy, plan
 from webhook.core.names import GROUP
+from webhook.kube.client import SECRET, ApiError, Kube, Resource, sleep_or_stop
 
 log = logging.getLogger("imagecache.certificates")
 WEBHOOK_CONFIG = Resource(

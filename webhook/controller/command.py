@@ -15,10 +15,10 @@ from aiohttp import web
 
 from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
-from webhook.controller.kube import Kube
 from webhook.controller.leader import LeaderElector, LeaseConfig
 from webhook.controller.metrics import Metrics, health_app
 from webhook.core.reconcile_model import Settings
+from webhook.kube.client import Kube
 
 log = logging.getLogger("imagecache.controller")
 EXIT_LOST_LEASE = 1  # also: could not start (the message says why)

@@ -14,9 +14,6 @@ from typing import Any
 
 import aiohttp
 
-from webhook.controller import kube as k
-from webhook.controller.informer import Informer
-from webhook.controller.kube import ApiError, Kube, Obj
 from webhook.controller.metrics import Metrics
 from webhook.controller.workqueue import WorkQueue
 from webhook.core import names
@@ -27,6 +24,9 @@ from webhook.core import reconcile_names as rn
 from webhook.core import reconcile_pods as rp
 from webhook.core.caches import parse_time
 from webhook.core.manifests_build import DOCKERCONFIG_KEY, secret_key
+from webhook.kube import client as k
+from webhook.kube.client import ApiError, Kube, Obj
+from webhook.kube.informer import Informer
 
 log = logging.getLogger(__name__)
 EVENT_NAMESPACE = "default"  # Events of cluster-scoped objects live there (as client-go does)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from webhook.controller.kube import LEASE, ApiError, Kube, Obj, sleep_or_stop
+from webhook.kube.client import LEASE, ApiError, Kube, Obj, sleep_or_stop
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The pure half of a Kubernetes LIST+WATCH: what each watch line means, and how long to wait.
 
-The loop (webhook.server.cache_watch) does the I/O; here a line of the watch stream becomes
+The loop (webhook.kube.informer.ListWatch) does the I/O; here a line of the watch stream becomes
 one step: apply an event, move the resourceVersion on (BOOKMARK), start over with a fresh
 LIST (410 Gone: the version we hold is compacted away), or reconnect after an error.
 """

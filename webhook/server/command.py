@@ -102,7 +102,9 @@ async def serve(options: Options, logger: logging.Logger) -> int:
     try:
         await webhook.start()
     except (CacheFileError, ClusterConfigError) as exc:
-        print(f"imagecache serve: error: {exc}", file=sys.stderr)
+        cluster = isinstance(exc, ClusterConfigError)
+        hint = " (or serve from a file: --caches FILE)" if cluster else ""
+        print(f"imagecache serve: error: {exc}{hint}", file=sys.stderr)
         await webhook.stop()
         return 1
     except OSError as exc:

@@ -16,10 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
+from webhook.kube.client import Kube
+from webhook.kube.informer import WatchOptions
 from webhook.server.app import State, make_app
 from webhook.server.cache_file import CacheFile
-from webhook.server.cache_watch import WatchOptions
-from webhook.server.cluster import api_client, watch_caches
+from webhook.server.cluster import watch_caches
 from webhook.server.logs import log
 from webhook.server.metrics import Metrics
 from webhook.server.tls import TlsReloader
@@ -59,7 +60,7 @@ class Webhook:
         self.addresses: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
-        self._api: Any = None
+        self._kube: Kube | None = None
 
     def replace(self, objects: list[Mapping[str, Any]]) -> None:
         self.state.index.replace(objects)
@@ -80,11 +81,11 @@ class Webhook:
             log(self.logger, logging.INFO, "caches file loaded", file=source.name, caches=count)
             self._spawn("caches-file", source.run(opts.reload_interval))
         else:
-            self._api = await api_client(opts.kubeconfig)
+            self._kube = await Kube.connect(opts.kubeconfig)
             self._spawn(
                 "caches-watch",
                 watch_caches(
-                    self._api,
+                    self._kube,
                     on_replace=self.replace,
                     on_event=self.apply,
                     logger=self.logger,
@@ -143,7 +144,7 @@ class Webhook:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._api is not None:
-            await self._api.close()
-            self._api = None
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
         log(self.logger, logging.INFO, "stopped")

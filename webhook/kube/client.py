@@ -1,17 +1,18 @@
-"""A small Kubernetes REST client over aiohttp: JSON in, JSON out, watches as streams.
+"""A small Kubernetes REST client over aiohttp: JSON in, JSON out, watches as line streams.
 
 kubernetes_asyncio loads the configuration (kubeconfig or in-cluster, token refresh); the
 requests themselves go straight through aiohttp so that objects stay plain dicts (what the
-functional core reads) and every request is counted (the benchmark reports them).
+functional core reads) and every request is counted (the controller benchmark reports them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ import aiohttp
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+MAX_LINE = 16 * 1024 * 1024  # one watch event; objects are a few KiB, annotations can be big
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -73,6 +75,7 @@ def resource(api_version: str, kind: str) -> Resource:
 POD = resource("v1", "Pod")
 PVC = resource("v1", "PersistentVolumeClaim")
 SECRET = resource("v1", "Secret")
+NAMESPACE = resource("v1", "Namespace")
 EVENT = resource("v1", "Event")
 JOB = resource("batch/v1", "Job")
 LEASE = resource("coordination.k8s.io/v1", "Lease")
@@ -102,18 +105,35 @@ def _ssl_context(configuration: Any) -> ssl.SSLContext:
     return context
 
 
+class ClusterConfigError(Exception):
+    """No way to reach the apiserver; the message says what was tried."""
+
+
 async def load_configuration(kubeconfig: str | None) -> Any:
-    """In-cluster configuration when no kubeconfig is given and one is available."""
+    """A client Configuration from `kubeconfig`, else the in-cluster service account, else the
+    default kubeconfig (KUBECONFIG or ~/.kube/config). ClusterConfigError if none works."""
+    # Imported here: kubernetes_asyncio takes longer to import than the rest together, and
+    # `serve --caches FILE` never needs it.
     from kubernetes_asyncio import client, config
 
     configuration = client.Configuration()
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        return configuration
     try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=configuration)
+        if kubeconfig:
+            await config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            try:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except config.ConfigException:  # a pod without a service account token
+                await config.load_kube_config(client_configuration=configuration)
+        else:
+            await config.load_kube_config(client_configuration=configuration)
+    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster or default kubeconfig"
+        raise ClusterConfigError(
+            f"cannot configure the Kubernetes client ({where}): {exc}; pass --kubeconfig FILE"
+        ) from None
     return configuration
 
 
@@ -130,7 +150,15 @@ class Kube:
 
     @classmethod
     async def connect(cls, kubeconfig: str | None) -> Kube:
-        return cls(await load_configuration(kubeconfig))
+        """ClusterConfigError if the configuration does not load (or its files do not)."""
+        configuration = await load_configuration(kubeconfig)
+        try:
+            return cls(configuration)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise ClusterConfigError(
+                f"cannot use the Kubernetes client certificates ({kubeconfig or 'default'}): "
+                f"{exc}; check the kubeconfig's certificate-authority and client-certificate"
+            ) from None
 
     async def close(self) -> None:
         await self._session.close()
@@ -235,9 +263,10 @@ class Kube:
         resource_version: str,
         label_selector: str | None = None,
         timeout_seconds: int = 300,
-    ) -> AsyncIterator[Obj]:
-        """Watch events (`{"type", "object"}`) from `resource_version` until the server ends
-        the stream. A 410 arrives either as an HTTP status or as an ERROR event."""
+    ) -> AsyncGenerator[bytes, None]:
+        """The watch stream's lines (one JSON event each, see webhook.core.watch_plan) from
+        `resource_version` until the server ends it. ApiError for an HTTP error (410 Gone:
+        that version is compacted away); a 410 can also arrive as an ERROR event."""
         params = {
             "watch": "1",
             "resourceVersion": resource_version,
@@ -247,6 +276,8 @@ class Kube:
         if label_selector:
             params["labelSelector"] = label_selector
         self._count("watch")
+        # The server closes the stream at timeout_seconds; a stream silent for much longer
+        # than that is a dead connection.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
         async with self._session.get(
             self._host + res.path(namespace),
@@ -255,17 +286,20 @@ class Kube:
             timeout=timeout,
         ) as response:
             if response.status >= 300:
-                raise _error(response.status, await response.text())
-            # Split lines ourselves: aiohttp's readline refuses lines over 64 KiB, and an
-            # object with big annotations makes one.
+                raise _error(response.status, (await response.text())[:2000])
+            # Split lines ourselves: aiohttp's readline refuses long lines, and an object with
+            # big annotations makes one.
             buffer = b""
             async for chunk in response.content.iter_any():
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                while (end := buffer.find(b"\n")) >= 0:
+                    line, buffer = buffer[:end], buffer[end + 1 :]
                     if line.strip():
-                        event: Obj = json.loads(line)
-                        yield event
+                        yield line
+                if len(buffer) > MAX_LINE:
+                    raise ValueError(f"a watch event is larger than {MAX_LINE} bytes")
+            if buffer.strip():
+                yield buffer
 
 
 def _error(status: int, text: str) -> ApiError:
