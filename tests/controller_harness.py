@@ -50,7 +50,14 @@ async def eventually(
 class ControllerProcess:
     """`imagecache controller` in a subprocess (its own process group), log in a file."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, selector: str, *extra: str) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        namespace: str,
+        selector: str,
+        *extra: str,
+        kubeconfig: Path | None = None,  # default: the admin's
+    ) -> None:
         self.plane = plane
         self.port = free_port()
         self.log = plane.workdir / f"controller-{namespace}-{uuid.uuid4().hex[:4]}.log"
@@ -59,7 +66,7 @@ class ControllerProcess:
             "-c",
             "import sys; from webhook.controller.command import main; sys.exit(main(sys.argv[1:]))",
             "--kubeconfig",
-            str(plane.kubeconfig),
+            str(kubeconfig or plane.kubeconfig),
             "--namespace",
             namespace,
             "--builder-image",
