@@ -9,8 +9,9 @@
    aiohttp client) runs pinned to another. Runs are interleaved (bare, webhook, bare, ...)
    so that other load on the machine hits both alike; the tables show medians.
 2. Matching: time of one decision and of a whole review() with 10 ... 10,000 caches in the
-   index, (a) each cache with its own images, (b) every cache also holding the pod's base
-   image, the case where every cache is a candidate.
+   index: each cache with images of its own; every cache also holding one of the pod's
+   images; every cache holding all of them; and the same, each cache usable only from its
+   own namespace (CASES).
 
 Targets (docs/webhook.md): >= 80% of the bare handler's throughput, p99 < 10 ms at 16.
 """
@@ -112,25 +113,40 @@ def review_body() -> bytes:
     return json.dumps(review).encode()
 
 
-def cache_objects(count: int, *, shared_base: bool) -> list[dict[str, Any]]:
-    """`count` Ready caches; exactly one (`match`) holds every pod image. With `shared_base`
-    every cache also holds the pod's init image, so every cache is a candidate."""
+CASES = {
+    "own": "each cache holds images of its own; one holds the pod's",
+    "shared": "every cache also holds the pod's init image (busybox): all are candidates",
+    "all": "every cache holds every one of the pod's images: all are hits, order decides",
+    "namespaced": "as `all`, but each cache is usable from its own namespace only, and the "
+    "pod's namespace's cache comes last in order: every other one is walked and ruled out",
+}
+
+
+def cache_objects(count: int, case: str = "own") -> list[dict[str, Any]]:
+    """`count` Ready caches; exactly one (`match`) holds every pod image, except in case
+    `all`, where every cache does (see CASES)."""
     objects = []
     for n in range(count - 1):
         images = [f"registry.example.com/team{n % 97}/app{n}:v{n % 13}"]
-        if shared_base:
+        if case == "shared":
             images.append(POD_IMAGES[1])
-        objects.append(_cache(f"cache-{n:05d}", images))
-    objects.append(_cache("match", POD_IMAGES))
+        elif case in ("all", "namespaced"):
+            images += POD_IMAGES
+        namespaces = [f"team{n}"] if case == "namespaced" else None
+        objects.append(_cache(f"cache-{n:05d}", images, namespaces))
+    objects.append(_cache("match", POD_IMAGES, ["shop"] if case == "namespaced" else None))
     return objects
 
 
-def _cache(name: str, images: list[str]) -> dict[str, Any]:
+def _cache(name: str, images: list[str], namespaces: list[str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"images": images, "imageCacheSize": 20}
+    if namespaces:
+        spec["namespaces"] = namespaces
     return {
         "apiVersion": "imagecache.dev/v1alpha1",
         "kind": "ImageCache",
         "metadata": {"name": name, "creationTimestamp": "2026-01-10T00:00:00Z"},
-        "spec": {"images": images, "imageCacheSize": 20},
+        "spec": spec,
         "status": {"phase": "Ready", "restoreSize": "20Gi"},
     }
 
@@ -144,7 +160,7 @@ def write_inputs(workdir: Path) -> None:
         assert certs_main(["generate", "--out", str(workdir), "--ip", "127.0.0.1"]) == 0
     (workdir / "body.json").write_bytes(review_body())
     (workdir / "caches.yaml").write_text(
-        yaml.safe_dump_all(cache_objects(SERVER_CACHES, shared_base=False))
+        yaml.safe_dump_all(cache_objects(SERVER_CACHES))
     )
 
 
@@ -175,7 +191,7 @@ def serve_shell(workdir: Path, port: int, cpu: int | None, log_level: str = "inf
     from webhook.core.review import ReviewResult, review
 
     body = (workdir / "body.json").read_bytes()
-    index = CacheIndex.from_objects(cache_objects(10, shared_base=False))
+    index = CacheIndex.from_objects(cache_objects(10))
     canned = review(body, index, now=datetime.now(UTC))
 
     def canned_review(
@@ -266,6 +282,11 @@ class Server:
             answer: dict[str, Any] = json.loads(response.read())
             return answer
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (from /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -309,7 +330,10 @@ def run_wrk(
         raise SystemExit(f"cannot read requests/sec from wrk:\n{out}")
     if errors or socket_errors:
         raise SystemExit(f"the load run had errors:\n{out}")
-    return {"rps": float(rps.group(1)), "p50_ms": latency("50"), "p99_ms": latency("99")}
+    done = re.search(r"(\d+) requests in", out)
+    assert done is not None, out
+    return {"rps": float(rps.group(1)), "p50_ms": latency("50"), "p99_ms": latency("99"),
+            "requests": float(done.group(1))}  # fmt: skip
 
 
 def run_python_client(
@@ -360,6 +384,7 @@ def python_client(
     latencies.sort()
     print(json.dumps({
         "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
         "p50_ms": latencies[len(latencies) // 2] * 1e3,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
     }))  # fmt: skip
@@ -388,17 +413,20 @@ def bench_matching(sizes: list[int], cpu: int | None) -> list[dict[str, Any]]:
     now = datetime(2026, 11, 27, tzinfo=UTC)
     wanted = read_request({"imagecache.dev/use-image-cache": "auto"})
     rows = []
-    for shared in (False, True):
+    for case in CASES:
         for size in sizes:
-            index = CacheIndex.from_objects(cache_objects(size, shared_base=shared))
+            index = CacheIndex.from_objects(cache_objects(size, case))
+            # Case `all`: equal sizes and ages, so the first name in order wins.
+            expected = "cache-00000" if case == "all" and size > 1 else "match"
             decision = decide(POD_IMAGES, "shop", wanted, index, now)
-            assert decision.outcome == "hit" and decision.cache and decision.cache.name == "match"
+            assert decision.outcome == "hit" and decision.cache, decision
+            assert decision.cache.name == expected, decision.cache.name
             result = review(body, index, now=now, default_auto=False)
             assert result.decision == "hit", result.body
 
             rows.append({
                 "caches": size,
-                "shared_base_image": shared,
+                "case": case,
                 "decide_us": _per_call(partial(decide, POD_IMAGES, "shop", wanted, index, now)),
                 "review_us": _per_call(partial(review, body, index, now=now)),
             })  # fmt: skip
@@ -436,6 +464,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {"client": client, "cpus": [server_cpu, client_cpu]}
 
     if not args.skip_serving:
+        load_before = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix="imagecache-bench-") as tmp:
             workdir = Path(tmp)
             write_inputs(workdir)
@@ -452,10 +481,13 @@ def main(argv: list[str]) -> int:
                 for _ in range(args.runs):
                     for concurrency in args.concurrency:
                         for kind, server in servers.items():
+                            cpu = server.cpu_seconds()
                             measured = load(
                                 server.url, workdir / "body.json", concurrency, args.duration,
                                 client_cpu,
                             )  # fmt: skip
+                            cpu = server.cpu_seconds() - cpu
+                            measured["cpu_us"] = cpu / measured.pop("requests") * 1e6
                             samples.setdefault((kind, concurrency), []).append(measured)
                             print(f"  {kind:8} c={concurrency:<3} {measured}", file=sys.stderr)
             finally:
@@ -466,16 +498,20 @@ def main(argv: list[str]) -> int:
             row: dict[str, Any] = {"concurrency": concurrency}
             for kind in servers:
                 runs = samples[(kind, concurrency)]
-                for key in ("rps", "p50_ms", "p99_ms"):
+                for key in ("rps", "p50_ms", "p99_ms", "cpu_us"):
                     row[f"{kind}_{key}"] = statistics.median(r[key] for r in runs)
             row["ratio"] = row["webhook_rps"] / row["bare_rps"]
             row["shell_ratio"] = row["shell_rps"] / row["bare_rps"]
             serving.append(row)
         results["serving"] = serving
+        load_after = os.getloadavg()
+        results["loadavg"] = [load_before, load_after]
         print(f"\nServing ({client}, {args.runs} runs x {args.duration:g} s, medians; "
               f"server on CPU {server_cpu}, load on CPU {client_cpu}, {SERVER_CACHES} caches "
-              f"in the index, --log-level {args.log_level}). bare: parse + fixed answer; "
-              "shell: imagecache serve with a canned decision; webhook: imagecache serve\n")
+              f"in the index, --log-level {args.log_level}; load average "
+              f"{load_before[0]:.2f} before, {load_after[0]:.2f} after). bare: parse + fixed "
+              "answer; shell: imagecache serve with a canned decision; webhook: imagecache "
+              "serve\n")
         print("| concurrency | bare req/s | shell req/s (of bare) | webhook req/s (of bare) "
               "| bare p50 / p99 ms | shell p50 / p99 ms | webhook p50 / p99 ms |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -489,19 +525,28 @@ def main(argv: list[str]) -> int:
                 f"| {row['shell_rps']:.0f} ({row['shell_ratio']:.0%}) "
                 f"| {row['webhook_rps']:.0f} ({row['ratio']:.0%}) | " + " | ".join(latencies) + " |"
             )
+        print("\nServer CPU per request (µs, from /proc: user + system, whatever the load "
+              "on the machine; the throughput ratio it implies is bare / webhook)\n")
+        print("| concurrency | bare | shell | webhook | webhook - bare | bare / webhook |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for row in serving:
+            bare, shell, hook = (row[k + "_cpu_us"] for k in ("bare", "shell", "webhook"))
+            print(f"| {row['concurrency']} | {bare:.1f} | {shell:.1f} | {hook:.1f} "
+                  f"| {hook - bare:.1f} | {bare / hook:.0%} |")  # fmt: skip
 
     if not args.skip_matching:
         rows = bench_matching(args.sizes, client_cpu)
         results["matching"] = rows
-        print("\nMatching (one call, best of 5 repeats; µs)\n")
-        print("| caches | decide, own images | review(), own images "
-              "| decide, shared base image | review(), shared base image |")  # fmt: skip
-        print("|---:|---:|---:|---:|---:|")
-        by = {(r["caches"], r["shared_base_image"]): r for r in rows}
+        print("\nMatching (one call, best of 5 repeats; µs). Cases: "
+              + "; ".join(f"{case}: {text}" for case, text in CASES.items()) + "\n")
+        print("| caches | " + " | ".join(f"decide, {c}" for c in CASES) + " | "
+              + " | ".join(f"review(), {c}" for c in CASES) + " |")
+        print("|---:|" + "---:|" * (2 * len(CASES)))
+        by = {(r["caches"], r["case"]): r for r in rows}
         for size in args.sizes:
-            own, shared = by[(size, False)], by[(size, True)]
-            print(f"| {size:,} | {own['decide_us']:.1f} | {own['review_us']:.1f} "
-                  f"| {shared['decide_us']:.1f} | {shared['review_us']:.1f} |")  # fmt: skip
+            cells = [f"{by[(size, c)]['decide_us']:.1f}" for c in CASES]
+            cells += [f"{by[(size, c)]['review_us']:.1f}" for c in CASES]
+            print(f"| {size:,} | " + " | ".join(cells) + " |")  # fmt: skip
 
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -151,6 +151,12 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    everywhere: tuple[CacheView, ...]  # spec.namespaces unset: usable from every namespace
+    listed: dict[str, tuple[CacheView, ...]]  # by namespace, those that list it
+
+
 @dataclass
 class CacheIndex:
     """Caches by name, and cache names by image key."""
@@ -158,6 +164,7 @@ class CacheIndex:
     _caches: dict[str, CacheView] = field(default_factory=dict)
     _by_key: dict[str, set[str]] = field(default_factory=dict)
     _in_order: dict[str, tuple[CacheView, ...]] = field(default_factory=dict)  # sorted lazily
+    _parts: dict[str, _Parts] = field(default_factory=dict)  # in_order split by namespaces
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> CacheIndex:
@@ -188,11 +195,32 @@ class CacheIndex:
             self._in_order[key] = ordered
         return ordered
 
+    def usable_from(self, key: str, namespace: str) -> tuple[tuple[CacheView, ...], ...]:
+        """in_order(key) without the caches `namespace` may not use (spec.namespaces), as
+        runs, each in order: the caches usable from every namespace, and those that list
+        `namespace`. Split once per change, so a namespace's own caches are found without
+        reading every other namespace's."""
+        parts = self._parts.get(key)
+        if parts is None:
+            everywhere: list[CacheView] = []
+            listed: dict[str, list[CacheView]] = {}
+            for cache in self.in_order(key):
+                if cache.namespaces is None:
+                    everywhere.append(cache)
+                else:
+                    for name in cache.namespaces:
+                        listed.setdefault(name, []).append(cache)
+            parts = _Parts(tuple(everywhere), {n: tuple(c) for n, c in listed.items()})
+            self._parts[key] = parts
+        own = parts.listed.get(namespace)
+        return (parts.everywhere, own) if own else (parts.everywhere,)
+
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Start over from a full LIST."""
         self._caches.clear()
         self._by_key.clear()
         self._in_order.clear()
+        self._parts.clear()
         for obj in objects:
             self.apply("ADDED", obj)
 
@@ -207,6 +235,7 @@ class CacheIndex:
             for key in view.keys:
                 self._by_key.setdefault(key, set()).add(view.name)
                 self._in_order.pop(key, None)
+                self._parts.pop(key, None)
 
     def _remove(self, name: str) -> None:
         old = self._caches.pop(name, None)
@@ -214,6 +243,7 @@ class CacheIndex:
             return
         for key in old.keys:
             self._in_order.pop(key, None)
+            self._parts.pop(key, None)
             holders = self._by_key.get(key)
             if holders is not None:
                 holders.discard(name)

@@ -8,19 +8,23 @@ same order. manual: the named cache, even when it lacks images.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
 from webhook.core import names
-from webhook.core.caches import CacheIndex, CacheView
+from webhook.core.caches import READY, CacheIndex, CacheView
 from webhook.core.imageref import ImageRef, InvalidReference, parse
 from webhook.core.quantity import InvalidQuantity, parse_bytes
 
 Outcome = Literal["hit", "mismatch", "miss", "unavailable"]
 _TRUE = frozenset({"true", "yes", "1", "on"})
 REJECTED_LOGGED = 10  # rejections kept without `explain` (for logs; explain lists them all)
+_ORDER = operator.attrgetter("order")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,12 @@ class Decision:
         )
 
 
+@functools.lru_cache(maxsize=8192)
+def _match_key(image: str) -> str:
+    """The match key of a reference that parses (ImageRef computes it on every access)."""
+    return parse(image).match_key
+
+
 def _parse_images(images: Sequence[str]) -> tuple[dict[str, ImageRef], list[str]]:
     refs: dict[str, ImageRef] = {}
     bad: list[str] = []
@@ -143,7 +153,7 @@ def decide(
     if request.mode is None:
         return Decision(request, None, "the pod did not opt in to an image cache")
     refs, bad = _parse_images(images)
-    warnings = tuple(f"imagecache: {p}" for p in request.problems)
+    warnings = tuple(f"imagecache: {p}" for p in request.problems) if request.problems else ()
     if request.mode == "manual":
         return _decide_manual(images, namespace, request, index, now, refs, warnings)
     if not explain and not request.partial and refs and not bad:
@@ -161,21 +171,47 @@ def _first_exact(
     warnings: tuple[str, ...],
 ) -> Decision:
     """auto/exact for admission: walk the holders of the rarest image in order, stop at the
-    first usable one that holds them all. Costs the same with 10 caches or 10,000."""
-    keys = {ref.match_key for ref in refs.values()}
-    rarest = min(keys, key=lambda k: len(index.with_key(k)))
+    first usable one that holds them all. Past the rejections kept for the log, only the
+    holders usable from the pod's namespace are read. Costs the same with 10 caches or
+    10,000, unless thousands of them are not Ready or expired."""
+    keys = {_match_key(image) for image in refs}
+    rarest = min(keys, key=lambda k: len(index.with_key(k))) if len(keys) > 1 else next(iter(keys))
     rejected: list[Rejected] = []
+    chosen: CacheView | None = None
     for cache in index.in_order(rarest):
         why = cache.unusable_reason(namespace, now)
         if why is None and not keys <= cache.keys:
             why = "lacks " + ", ".join(i for i, r in refs.items() if not cache.holds(r))
         if why is None:
-            reason = f"ImageCache {cache.name!r} holds every image"
-            return Decision(request, "hit", reason, cache, (), tuple(rejected), warnings)
-        if len(rejected) < REJECTED_LOGGED:
-            rejected.append(Rejected(cache.name, why))
+            chosen = cache
+            break
+        rejected.append(Rejected(cache.name, why))
+        if len(rejected) == REJECTED_LOGGED:
+            # The walk on would only find the first usable cache: look where it can be.
+            chosen = _first_usable_after(cache, keys, index.usable_from(rarest, namespace), now)
+            break
+    if chosen is not None:
+        reason = f"ImageCache {chosen.name!r} holds every image"
+        return Decision(request, "hit", reason, chosen, (), tuple(rejected), warnings)
     reason = "no usable ImageCache holds every one of the pod's images"
     return Decision(request, "miss", reason, rejected=tuple(rejected), warnings=warnings)
+
+
+def _first_usable_after(
+    last: CacheView, keys: set[str], runs: Sequence[Sequence[CacheView]], now: datetime
+) -> CacheView | None:
+    """The first cache after `last` in auto order that is Ready, unexpired and holds `keys`,
+    from `runs` (each in order; together, the caches the namespace may use)."""
+    after = last.order
+    found: CacheView | None = None
+    for run in runs:
+        for i in range(bisect.bisect_right(run, after, key=_ORDER), len(run)):
+            cache = run[i]
+            if cache.phase == READY and not cache.expired(now) and keys <= cache.keys:
+                if found is None or cache.order < found.order:
+                    found = cache
+                break
+    return found
 
 
 def _decide_manual(

@@ -7,14 +7,18 @@ field the user wrote is never replaced (an RFC 6902 `add` on an existing member 
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook.core import names
 from webhook.core.matching import Decision
 from webhook.core.quantity import format_gib
 
 Op = dict[str, Any]
+_OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES)  # the annotations the patch adds
 LABEL_VALUE_MAX = 63
 
 
@@ -54,34 +58,79 @@ def conflict(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _add_entries(existing: object, path: str, entries: Mapping[str, str]) -> list[Op]:
-    if not entries:
-        return []
-    if not isinstance(existing, dict):
-        return [{"op": "add", "path": path, "value": dict(entries)}]
-    return [
-        {"op": "add", "path": f"{path}/{escape(key)}", "value": value}
-        for key, value in entries.items()
-        if key not in existing
-    ]
-
-
-def _append(existing: object, path: str, item: Mapping[str, Any]) -> list[Op]:
+def _has_named(existing: object, name: str) -> bool | None:
+    """None when `existing` is not a list (the patch adds the list), else whether it has an
+    object named `name` (the patch adds nothing)."""
     if not isinstance(existing, list):
+        return None
+    return any(isinstance(e, dict) and e.get("name") == name for e in existing)
+
+
+def _append(present: bool | None, path: str, item: Mapping[str, Any]) -> list[Op]:
+    if present is None:
         return [{"op": "add", "path": path, "value": [dict(item)]}]
-    if any(isinstance(e, dict) and e.get("name") == item["name"] for e in existing):
+    if present:
         return []
     return [{"op": "add", "path": f"{path}/-", "value": dict(item)}]
 
 
-def volume_for(decision: Decision) -> dict[str, Any]:
-    """The generic ephemeral volume cloned from the cache's snapshot in the pod's namespace."""
+class CacheFacts(NamedTuple):
+    """The fields of the chosen cache the patch uses."""
+
+    name: str
+    restore_size: str | None
+    size_bytes: int
+    storage_class: str | None
+
+
+class PatchInput(NamedTuple):
+    """All the patch depends on: a few facts about the pod and the decision. The replicas of
+    one workload give equal inputs, so `encoded_patch` encodes each distinct one once."""
+
+    has_metadata: bool
+    annotations: tuple[str, ...] | None  # ours already on the pod; None: no annotations map
+    cache_label: bool | None  # the cache label is set; None: no labels map
+    volume: bool | None  # a volume named imagecache exists; None: no volumes list
+    mount: bool | None  # containers[0] mounts one named imagecache; None: no volumeMounts
+    outcome: str | None
+    missing: tuple[str, ...]
+    cache: CacheFacts | None
+    disk_size: int | None  # bytes the pod asked for (imagecache.dev/disk-size)
+
+
+def patch_input(pod: Mapping[str, Any], decision: Decision) -> PatchInput:
+    meta = pod.get("metadata")
+    has_metadata = isinstance(meta, dict)
+    meta = meta if isinstance(meta, dict) else {}
+    annotations = meta.get("annotations")
+    present = None
+    if isinstance(annotations, dict):
+        present = tuple([k for k in _OURS if k in annotations]) if annotations else ()
     cache = decision.cache
-    assert cache is not None
+    if cache is None:  # nothing but annotations: the pod's spec is not read
+        return PatchInput(
+            has_metadata, present, None, None, None, decision.outcome, decision.missing, None, None
+        )
+    labels = meta.get("labels")
+    spec = pod.get("spec") or {}
+    first = (spec.get("containers") or [{}])[0]
+    return PatchInput(
+        has_metadata,
+        present,
+        names.CACHE in labels if isinstance(labels, dict) else None,
+        _has_named(spec.get("volumes"), names.VOLUME_NAME),
+        _has_named(first.get("volumeMounts"), names.VOLUME_NAME),
+        decision.outcome,
+        decision.missing,
+        CacheFacts(cache.name, cache.restore_size, cache.size_bytes, cache.storage_class),
+        decision.request.disk_size,
+    )
+
+
+def _volume(cache: CacheFacts, disk_size: int | None) -> dict[str, Any]:
     storage = cache.restore_size or format_gib(cache.size_bytes)
-    wanted = decision.request.disk_size
-    if wanted is not None and wanted > cache.size_bytes:
-        storage = format_gib(wanted)
+    if disk_size is not None and disk_size > cache.size_bytes:
+        storage = format_gib(disk_size)
     spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"]}
     if cache.storage_class:
         spec["storageClassName"] = cache.storage_class
@@ -97,36 +146,73 @@ def volume_for(decision: Decision) -> dict[str, Any]:
     return {"name": names.VOLUME_NAME, "ephemeral": {"volumeClaimTemplate": template}}
 
 
-def decision_annotations(decision: Decision) -> dict[str, str]:
-    if decision.outcome is None:
+def volume_for(decision: Decision) -> dict[str, Any]:
+    """The generic ephemeral volume cloned from the cache's snapshot in the pod's namespace."""
+    cache = decision.cache
+    assert cache is not None
+    facts = CacheFacts(cache.name, cache.restore_size, cache.size_bytes, cache.storage_class)
+    return _volume(facts, decision.request.disk_size)
+
+
+def _annotations(
+    outcome: str | None, cache: str | None, missing: tuple[str, ...]
+) -> dict[str, str]:
+    if outcome is None:
         return {}
-    written: dict[str, str] = {names.DECISION: decision.outcome}
-    if decision.cache is not None:
-        written[names.CACHE] = decision.cache.name
-    if decision.missing:
-        written[names.MISSING_IMAGES] = ",".join(decision.missing)
+    written: dict[str, str] = {names.DECISION: outcome}
+    if cache is not None:
+        written[names.CACHE] = cache
+    if missing:
+        written[names.MISSING_IMAGES] = ",".join(missing)
     return written
+
+
+def decision_annotations(decision: Decision) -> dict[str, str]:
+    cache = decision.cache.name if decision.cache is not None else None
+    return _annotations(decision.outcome, cache, decision.missing)
+
+
+def _ops(given: PatchInput) -> list[Op]:
+    # A pod object always has metadata once stored, but not always in the request.
+    ops: list[Op] = [] if given.has_metadata else [{"op": "add", "path": "/metadata", "value": {}}]
+    cache = given.cache
+    entries = _annotations(given.outcome, cache.name if cache else None, given.missing)
+    if entries:
+        if given.annotations is None:
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": entries})
+        else:
+            ops += [
+                {"op": "add", "path": f"/metadata/annotations/{escape(k)}", "value": v}
+                for k, v in entries.items()
+                if k not in given.annotations
+            ]
+    if cache is None:
+        return ops
+    if len(cache.name) <= LABEL_VALUE_MAX:
+        if given.cache_label is None:
+            label = {names.CACHE: cache.name}
+            ops.append({"op": "add", "path": "/metadata/labels", "value": label})
+        elif not given.cache_label:
+            path = f"/metadata/labels/{escape(names.CACHE)}"
+            ops.append({"op": "add", "path": path, "value": cache.name})
+    ops += _append(given.volume, "/spec/volumes", _volume(cache, given.disk_size))
+    mount = {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH, "readOnly": True}
+    ops += _append(given.mount, "/spec/containers/0/volumeMounts", mount)
+    return ops
 
 
 def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
     """The operations that record `decision` on `pod` and, on a hit or mismatch, add the cache."""
-    meta = pod.get("metadata")
-    # A pod object always has metadata once stored, but not always in the request.
-    ops: list[Op] = (
-        [] if isinstance(meta, dict) else [{"op": "add", "path": "/metadata", "value": {}}]
-    )
-    meta = meta if isinstance(meta, dict) else {}
-    ops += _add_entries(
-        meta.get("annotations"), "/metadata/annotations", decision_annotations(decision)
-    )
-    cache = decision.cache
-    if cache is None:
-        return ops
-    if len(cache.name) <= LABEL_VALUE_MAX:
-        ops += _add_entries(meta.get("labels"), "/metadata/labels", {names.CACHE: cache.name})
-    spec = pod.get("spec") or {}
-    ops += _append(spec.get("volumes"), "/spec/volumes", volume_for(decision))
-    first = (spec.get("containers") or [{}])[0]
-    mount = {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH, "readOnly": True}
-    ops += _append(first.get("volumeMounts"), "/spec/containers/0/volumeMounts", mount)
-    return ops
+    return _ops(patch_input(pod, decision))
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(given: PatchInput) -> str:
+    ops = _ops(given)
+    return base64.b64encode(json.dumps(ops).encode()).decode() if ops else ""
+
+
+def encoded_patch(pod: Mapping[str, Any], decision: Decision) -> str:
+    """`build_patch` as the AdmissionReview's `patch` field (base64 of the JSON), "" when
+    there is nothing to add. Encoded once per distinct input: the JSON is most of the cost."""
+    return _encoded(patch_input(pod, decision))

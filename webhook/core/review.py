@@ -7,7 +7,6 @@ field; everything else gets 200 and an AdmissionReview answer in the request's v
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Literal
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
 from webhook.core.names import DECISION, MIRROR_POD
-from webhook.core.patch import build_patch, conflict
+from webhook.core.patch import conflict, encoded_patch
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the apiserver's own request limit is 3 MiB
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -49,28 +48,34 @@ def _object(value: object, where: str, *, required: bool = True) -> Mapping[str,
     return value
 
 
-def _list_of_objects(value: object, where: str) -> list[Mapping[str, Any]]:
+def _list_of_objects(value: object, where: str, *at: object) -> list[Mapping[str, Any]]:
+    """`where` is a format string filled from `at` only for the error (the hot path never
+    builds it)."""
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise BadReview(f"{where} must be a list of objects")
-    return value
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, dict):
+                break
+        else:
+            return value
+    raise BadReview(f"{where.format(*at)} must be a list of objects")
 
 
 def _string_map(value: object, where: str) -> Mapping[str, str]:
     mapping = _object(value, where, required=False)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise BadReview(f"{where} must map strings to strings")
+    for k, v in mapping.items():
+        if not (isinstance(k, str) and isinstance(v, str)):
+            raise BadReview(f"{where} must map strings to strings")
     return mapping
 
 
 def pod_images(spec: Mapping[str, Any]) -> list[str]:
     images: list[str] = []
     for key in ("initContainers", "containers"):
-        for n, container in enumerate(
-            _list_of_objects(spec.get(key), f"request.object.spec.{key}")
-        ):
-            _list_of_objects(container.get("volumeMounts"), f"spec.{key}[{n}].volumeMounts")
+        containers = _list_of_objects(spec.get(key), "request.object.spec.{}", key)
+        for n, container in enumerate(containers):
+            _list_of_objects(container.get("volumeMounts"), "spec.{}[{}].volumeMounts", key, n)
             image = container.get("image")
             if image is not None and not isinstance(image, str):
                 raise BadReview(f"request.object.spec.{key}[{n}].image must be a string")
@@ -182,11 +187,11 @@ def _review(body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool
         answer = _answer(api_version, uid, **extra)
         answer["response"].update(allowed=False, status={"code": 403, "message": denied})
         return ReviewResult(200, answer, "denied", decision.outcome, decision, log)
-    ops = build_patch(pod, decision)
-    if ops:
+    patch = encoded_patch(pod, decision)
+    if patch:
         extra["patchType"] = "JSONPatch"
-        extra["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
-    outcome: ReviewOutcome = "patched" if ops else "unchanged"
+        extra["patch"] = patch
+    outcome: ReviewOutcome = "patched" if patch else "unchanged"
     return ReviewResult(
         200, _answer(api_version, uid, **extra), outcome, decision.outcome, decision, log
     )

@@ -23,6 +23,8 @@ from webhook.server.logs import log
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 
 JSON = "application/json"
+# One encoder for every answer: json.dumps() with keyword arguments builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -37,9 +39,7 @@ class State:
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(), status=status, content_type=JSON
-    )
+    return web.Response(body=_encode(body).encode(), status=status, content_type=JSON)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -49,6 +49,8 @@ def _error(status: int, message: str) -> web.Response:
 def _json_content_type(value: str) -> bool:
     """Lenient: absent, or any media type that says JSON (`application/json; charset=utf-8`,
     `application/merge+json`, `text/json`)."""
+    if value == JSON:  # what the apiserver sends
+        return True
     media = value.split(";", 1)[0].strip().lower()
     return media == "" or media.endswith("/json") or media.endswith("+json")
 
@@ -117,13 +119,11 @@ class Admission:
         result = review(body, self.state.index, now=datetime.now(UTC), default_auto=default_auto)
         response = _json(result.status, result.body)
         elapsed = time.perf_counter() - decided
-        self.metrics.duration.observe(elapsed)
-        self.metrics.answered(result.outcome)
-        if result.decision is not None:
-            self.metrics.decided(result.decision)
-        level = logging.INFO if result.decision is not None else logging.DEBUG
+        self.metrics.admitted(result.outcome, result.decision, elapsed)
         if result.status != 200:
             level = logging.WARNING
+        else:
+            level = logging.INFO if result.decision is not None else logging.DEBUG
         if self.logger.isEnabledFor(level):
             log(self.logger, level, "admission", path=request.path, status=result.status,
                 outcome=result.outcome, duration_ms=round(elapsed * 1000, 3),

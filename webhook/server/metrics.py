@@ -3,10 +3,12 @@ so two servers in one process, as in the tests, never collide)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 OUTCOMES = ("patched", "unchanged", "denied", "invalid", "ignored", "error")
 DECISIONS = ("hit", "mismatch", "miss", "unavailable")
@@ -19,6 +21,12 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self, index_size: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Admission counts are plain ints on the request path (the handlers and /metrics all
+        # run on the event loop thread), added to the counters whenever the registry is
+        # collected: _Flush is registered first.
+        self._answered: dict[str, int] = {}
+        self._decided: dict[str, int] = {}
+        self.registry.register(_Flush(self._flush))
         requests = Counter(
             "imagecache_admission_requests",
             "Admission requests answered, by outcome (patched, unchanged, denied, invalid, "
@@ -63,16 +71,44 @@ class Metrics:
         self.tls_reloads = {r: reloads.labels(result=r) for r in RELOAD_RESULTS}
 
     def answered(self, outcome: str) -> None:
-        child = self.requests.get(outcome)
-        if child is None:  # an outcome the core added later: count it anyway
-            child = self.requests[outcome] = self._requests.labels(result=outcome)
-        child.inc()
+        self._answered[outcome] = self._answered.get(outcome, 0) + 1
 
     def decided(self, decision: str) -> None:
-        child = self.decisions.get(decision)
-        if child is None:  # a decision the core added later: count it anyway
-            child = self.decisions[decision] = self._decisions.labels(decision=decision)
-        child.inc()
+        self._decided[decision] = self._decided.get(decision, 0) + 1
+
+    def admitted(self, outcome: str, decision: str | None, seconds: float) -> None:
+        """One admission answer: its outcome, its cache decision (if any) and its duration."""
+        self.duration.observe(seconds)
+        answered = self._answered
+        answered[outcome] = answered.get(outcome, 0) + 1
+        if decision is not None:
+            decided = self._decided
+            decided[decision] = decided.get(decision, 0) + 1
+
+    def _flush(self) -> None:
+        for outcome, count in self._answered.items():
+            child = self.requests.get(outcome)
+            if child is None:  # an outcome the core added later: count it anyway
+                child = self.requests[outcome] = self._requests.labels(result=outcome)
+            child.inc(count)
+        self._answered.clear()
+        for decision, count in self._decided.items():
+            child = self.decisions.get(decision)
+            if child is None:  # a decision the core added later: count it anyway
+                child = self.decisions[decision] = self._decisions.labels(decision=decision)
+            child.inc(count)
+        self._decided.clear()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Flush(Collector):
+    """Collects nothing; makes the registry add the pending counts before it collects."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+
+    def collect(self) -> Iterable[Metric]:
+        self.flush()
+        return []
