@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,10 @@ import pytest
 # tests/ is not a package: make `import envtest` work whatever the rootdir/import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from controller_harness import Cluster, ControllerProcess, unique
 from envtest import SKIP_REASON, ControlPlane, control_plane
+
+from webhook.kube.client import Kube, load_configuration
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -31,3 +34,28 @@ def apiserver() -> Iterator[ControlPlane]:
         pytest.skip(SKIP_REASON)
     with control_plane(Path(assets)) as plane:
         yield plane
+
+
+@pytest.fixture
+async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
+    """An admin client on the control plane, with the controller tests' helpers."""
+    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
+    try:
+        yield Cluster(apiserver, kube)
+    finally:
+        await kube.close()
+
+
+@pytest.fixture
+async def running(
+    apiserver: ControlPlane, cluster: Cluster
+) -> AsyncIterator[tuple[ControllerProcess, str, str]]:
+    """A controller with its own namespace, reconciling only this test's caches."""
+    namespace = await cluster.namespace(unique("imc-system"))
+    await cluster.snapshot_class()
+    selector = f"test={unique('t')}"
+    process = ControllerProcess(apiserver, namespace, selector).start()
+    try:
+        yield process, namespace, selector
+    finally:
+        process.kill()

@@ -10,7 +10,6 @@ caBundle, and delete everything it made: proof that the RBAC is enough.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,12 @@ from sa_kubeconfig import service_account_kubeconfig
 
 from webhook.controller.certificates import WEBHOOK_CONFIG
 from webhook.kube import client as k
-from webhook.kube.client import Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 RELEASE = "rbac"
 FULL = "rbac-imagecache"
 NS = "imc-rbac"
 D1 = "sha256:" + "1" * 64
-
-
-@pytest.fixture
-async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
-    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
-    try:
-        yield Cluster(apiserver, kube)
-    finally:
-        await kube.close()
 
 
 async def test_controller_lifecycle_under_the_charts_account(

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
-from envtest import ControlPlane
 
 from webhook.kube import client as k
-from webhook.kube.client import ApiError, Kube, load_configuration
+from webhook.kube.client import ApiError
 
 pytestmark = pytest.mark.envtest
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
-
-
-@pytest.fixture
-async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
-    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
-    try:
-        yield Cluster(apiserver, kube)
-    finally:
-        await kube.close()
-
-
-@pytest.fixture
-async def running(
-    apiserver: ControlPlane, cluster: Cluster
-) -> AsyncIterator[tuple[ControllerProcess, str, str]]:
-    namespace = await cluster.namespace(unique("imc-system"))
-    await cluster.snapshot_class()
-    selector = f"test={unique('t')}"
-    process = ControllerProcess(apiserver, namespace, selector).start()
-    try:
-        yield process, namespace, selector
-    finally:
-        process.kill()
 
 
 async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,39 +17,13 @@ from controller_harness import (
     eventually,
     unique,
 )
-from envtest import ControlPlane
 
 from webhook.core import reconcile_names as rn
 from webhook.kube import client as k
-from webhook.kube.client import Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
-
-
-@pytest.fixture
-async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
-    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
-    try:
-        yield Cluster(apiserver, kube)
-    finally:
-        await kube.close()
-
-
-@pytest.fixture
-async def running(
-    apiserver: ControlPlane, cluster: Cluster
-) -> AsyncIterator[tuple[ControllerProcess, str, str]]:
-    """A controller with its own namespace, reconciling only this test's caches."""
-    namespace = await cluster.namespace(unique("imc-system"))
-    await cluster.snapshot_class()
-    selector = f"test={unique('t')}"
-    process = ControllerProcess(apiserver, namespace, selector).start()
-    try:
-        yield process, namespace, selector
-    finally:
-        process.kill()
 
 
 def _labels_of(cache: str) -> str:

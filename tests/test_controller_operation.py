@@ -4,7 +4,6 @@ auto-sizing, the build deadline, /healthz and /metrics; against the real apiserv
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -14,20 +13,10 @@ from envtest import ControlPlane
 from webhook.core import reconcile_names as rn
 from webhook.core.build_result import encode_build_result
 from webhook.kube import client as k
-from webhook.kube.client import Kube, load_configuration
 
 pytestmark = pytest.mark.envtest
 D1 = "sha256:" + "1" * 64
 GIB = 1024**3
-
-
-@pytest.fixture
-async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
-    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
-    try:
-        yield Cluster(apiserver, kube)
-    finally:
-        await kube.close()
 
 
 @pytest.fixture

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from controller_harness import Cluster, eventually, unique
 from envtest import ControlPlane
 
 from webhook.controller.workqueue import WorkQueue
-from webhook.kube.client import Kube, Resource, load_configuration
+from webhook.kube.client import Resource
 from webhook.kube.informer import Informer
 
 pytestmark = pytest.mark.envtest
 CONFIGMAP = Resource("v1", "ConfigMap", "configmaps", True)
 EVENTS = Resource("v1", "Event", "events", True)
-
-
-@pytest.fixture
-async def cluster(apiserver: ControlPlane) -> AsyncIterator[Cluster]:
-    kube = Kube(await load_configuration(str(apiserver.kubeconfig)))
-    try:
-        yield Cluster(apiserver, kube)
-    finally:
-        await kube.close()
 
 
 def configmap(namespace: str, name: str, value: str) -> dict[str, object]:
