@@ -169,7 +169,8 @@ async def bench(kubeconfig: str, caches: int, pods: int) -> dict[str, Any]:
         await gather_limited(16, [
             tester.create({"apiVersion": "v1", "kind": "Pod",
                            "metadata": {"name": f"p{n}", "namespace": APP,
-                                        "labels": {"imagecache.dev/cache": f"bench-{n % used}"},
+                                        "labels": {"imagecache.dev/cache": f"bench-{n % used}",
+                                                   "imagecache.dev/decision": "hit"},
                                         "annotations": {"imagecache.dev/decision": "hit",
                                                         "imagecache.dev/cache":
                                                             f"bench-{n % used}"}},

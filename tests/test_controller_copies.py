@@ -27,7 +27,7 @@ def pod(
 ) -> dict[str, Any]:
     """A pod as the webhook leaves it (labels and annotations), created directly."""
     annotations = {"imagecache.dev/decision": decision}
-    labels = {}
+    labels = {"imagecache.dev/decision": decision}
     if cache:
         annotations["imagecache.dev/cache"] = cache
         if decision in ("hit", "mismatch"):

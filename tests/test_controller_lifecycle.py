@@ -174,7 +174,7 @@ def _pod(namespace: str, cache: str, decision: str, name: str = "user") -> dict[
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"imagecache.dev/cache": cache},
+            "labels": {"imagecache.dev/cache": cache, "imagecache.dev/decision": decision},
             "annotations": {"imagecache.dev/decision": decision, "imagecache.dev/cache": cache},
         },
         "spec": {

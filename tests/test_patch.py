@@ -79,6 +79,7 @@ def test_patch_adds_cache_and_is_idempotent(name: str) -> None:
     assert meta["annotations"]["imagecache.dev/decision"] == "hit"
     assert meta["annotations"]["imagecache.dev/cache"] == "web"
     assert meta["labels"]["imagecache.dev/cache"] == "web"
+    assert meta["labels"]["imagecache.dev/decision"] == "hit"
     for key, value in before["metadata"].get("labels", {}).items():
         assert meta["labels"][key] == value
     volume = next(v for v in once["spec"]["volumes"] if v["name"] == "imagecache")
@@ -160,7 +161,9 @@ def test_miss_records_only_the_decision() -> None:
     p = pod(["postgres:16"], annotations=dict(AUTO))
     once = apply(p)
     assert once["metadata"]["annotations"]["imagecache.dev/decision"] == "miss"
-    assert "volumes" not in once["spec"] and "labels" not in once["metadata"]
+    # The decision label lets the controller watch only decided pods; no cache label.
+    assert once["metadata"]["labels"] == {"imagecache.dev/decision": "miss"}
+    assert "volumes" not in once["spec"]
 
 
 def test_mismatch_records_missing_images() -> None:

@@ -260,6 +260,7 @@ def assert_cached(pod: dict[str, Any], cache: str, storage: str) -> None:
     assert decision_of(pod) == "hit", pod["metadata"]
     assert pod["metadata"]["annotations"]["imagecache.dev/cache"] == cache
     assert pod["metadata"]["labels"]["imagecache.dev/cache"] == cache
+    assert pod["metadata"]["labels"]["imagecache.dev/decision"] == "hit"
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "imagecache")
     claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert claim["dataSource"] == {

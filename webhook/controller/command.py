@@ -17,6 +17,7 @@ from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
 from webhook.controller.leader import LeaderElector, LeaseConfig
 from webhook.controller.metrics import Metrics, health_app
+from webhook.core.names import DECISION
 from webhook.core.reconcile_model import Settings
 from webhook.kube.client import Kube
 
@@ -98,7 +99,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pod-selector",
-        help="label selector of the pods watched for decision Events (default: all pods)",
+        default=DECISION,
+        help=f"label selector of the pods watched for decision Events (default {DECISION}: "
+        "the pods the webhook labelled with its decision; '' watches all pods)",
     )
     p.add_argument("--workers", type=_positive, default=4, help="concurrent reconciles")
     p.add_argument("--resync", type=_positive, default=600, help="seconds between full resyncs")
@@ -217,7 +220,7 @@ async def run(args: argparse.Namespace) -> int:
         watch_timeout=args.watch_timeout,
         status_batch_seconds=args.status_batch,
         cache_selector=args.cache_selector,
-        pod_selector=args.pod_selector,
+        pod_selector=args.pod_selector or None,
     )
     runner = web.AppRunner(health_app(metrics, controller.health))
     await runner.setup()

@@ -19,6 +19,7 @@ from webhook.core.quantity import format_gib
 
 Op = dict[str, Any]
 _OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES)  # the annotations the patch adds
+_OUR_LABELS = (names.DECISION, names.CACHE)  # the labels it adds
 LABEL_VALUE_MAX = 63
 
 
@@ -89,7 +90,7 @@ class PatchInput(NamedTuple):
 
     has_metadata: bool
     annotations: tuple[str, ...] | None  # ours already on the pod; None: no annotations map
-    cache_label: bool | None  # the cache label is set; None: no labels map
+    labels: tuple[str, ...] | None  # our labels already on the pod; None: no labels map
     volume: bool | None  # a volume named imagecache exists; None: no volumes list
     mount: bool | None  # containers[0] mounts one named imagecache; None: no volumeMounts
     outcome: str | None
@@ -106,18 +107,22 @@ def patch_input(pod: Mapping[str, Any], decision: Decision) -> PatchInput:
     present = None
     if isinstance(annotations, dict):
         present = tuple([k for k in _OURS if k in annotations]) if annotations else ()
-    cache = decision.cache
-    if cache is None:  # nothing but annotations: the pod's spec is not read
-        return PatchInput(
-            has_metadata, present, None, None, None, decision.outcome, decision.missing, None, None
-        )
     labels = meta.get("labels")
+    labels_present = None
+    if isinstance(labels, dict):
+        labels_present = tuple([k for k in _OUR_LABELS if k in labels]) if labels else ()
+    cache = decision.cache
+    if cache is None:  # nothing but metadata: the pod's spec is not read
+        return PatchInput(
+            has_metadata, present, labels_present, None, None, decision.outcome,
+            decision.missing, None, None,
+        )  # fmt: skip
     spec = pod.get("spec") or {}
     first = (spec.get("containers") or [{}])[0]
     return PatchInput(
         has_metadata,
         present,
-        names.CACHE in labels if isinstance(labels, dict) else None,
+        labels_present,
         _has_named(spec.get("volumes"), names.VOLUME_NAME),
         _has_named(first.get("volumeMounts"), names.VOLUME_NAME),
         decision.outcome,
@@ -186,15 +191,21 @@ def _ops(given: PatchInput) -> list[Op]:
                 for k, v in entries.items()
                 if k not in given.annotations
             ]
+    # Labels let the controller watch only the pods the webhook decided on, by cache too.
+    labels = {names.DECISION: given.outcome} if given.outcome else {}
+    if cache is not None and len(cache.name) <= LABEL_VALUE_MAX:
+        labels[names.CACHE] = cache.name
+    if labels:
+        if given.labels is None:
+            ops.append({"op": "add", "path": "/metadata/labels", "value": labels})
+        else:
+            ops += [
+                {"op": "add", "path": f"/metadata/labels/{escape(k)}", "value": v}
+                for k, v in labels.items()
+                if k not in given.labels
+            ]
     if cache is None:
         return ops
-    if len(cache.name) <= LABEL_VALUE_MAX:
-        if given.cache_label is None:
-            label = {names.CACHE: cache.name}
-            ops.append({"op": "add", "path": "/metadata/labels", "value": label})
-        elif not given.cache_label:
-            path = f"/metadata/labels/{escape(names.CACHE)}"
-            ops.append({"op": "add", "path": path, "value": cache.name})
     ops += _append(given.volume, "/spec/volumes", _volume(cache, given.disk_size))
     mount = {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH, "readOnly": True}
     ops += _append(given.mount, "/spec/containers/0/volumeMounts", mount)
