@@ -429,43 +429,16 @@ def test_explain_reads_the_cluster(
 ) -> None:
     manifest = tmp_path / "pod.yaml"
     manifest.write_text(yaml.safe_dump(pod_manifest(["nginx:1.25", "busybox:1.36"])))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "explain",
-            str(manifest),
-            "--cluster",
-            "--kubeconfig",
-            str(apiserver.kubeconfig),
-            "-n",
-            "wh-web",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    def explain(namespace: str) -> subprocess.CompletedProcess[str]:
+        argv = ["explain", str(manifest), "--cluster", "--kubeconfig", str(apiserver.kubeconfig)]
+        return subprocess.run([sys.executable, "-m", "webhook", *argv, "-n", namespace],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    run = explain("wh-web")
     assert run.returncode == 0, run.stderr
     assert "Decision: hit: ImageCache 'wh-web' holds every image" in run.stdout
     assert "wh-big: usable, but 'wh-web' comes first" in run.stdout
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "webhook",
-            "explain",
-            str(manifest),
-            "--cluster",
-            "--kubeconfig",
-            str(apiserver.kubeconfig),
-            "-n",
-            "no-such-namespace",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    missing = explain("no-such-namespace")
     assert missing.returncode == 2 and "404" in missing.stderr
     assert "Traceback" not in missing.stderr
 

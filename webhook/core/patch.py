@@ -151,14 +151,6 @@ def _volume(cache: CacheFacts, disk_size: int | None) -> dict[str, Any]:
     return {"name": names.VOLUME_NAME, "ephemeral": {"volumeClaimTemplate": template}}
 
 
-def volume_for(decision: Decision) -> dict[str, Any]:
-    """The generic ephemeral volume cloned from the cache's snapshot in the pod's namespace."""
-    cache = decision.cache
-    assert cache is not None
-    facts = CacheFacts(cache.name, cache.restore_size, cache.size_bytes, cache.storage_class)
-    return _volume(facts, decision.request.disk_size)
-
-
 def _annotations(
     outcome: str | None, cache: str | None, missing: tuple[str, ...]
 ) -> dict[str, str]:
