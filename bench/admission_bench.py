@@ -452,7 +452,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--client", choices=["wrk", "python"], default=None,
                         help="load generator (default: wrk if installed)")  # fmt: skip
-    parser.add_argument("--log-level", default="info", choices=["info", "warning"],
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
                         help="the webhook's --log-level (info: a line per decision)")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--skip-matching", action="store_true")

@@ -4,7 +4,6 @@ patch encoded once per distinct input."""
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +15,8 @@ from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
 from webhook.core.imageref import parse
 from webhook.core.matching import REJECTED_LOGGED, Decision, Rejected, decide, read_request
-from webhook.core.patch import build_patch, encoded_patch
+import webhook.core.review as review_module
+from webhook.core.review import review
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}
@@ -132,13 +132,68 @@ def decisions_for(p: dict[str, Any]) -> list[Decision]:
     return [decide(images, "default", r, index, NOW) for r in requests]
 
 
-def test_encoded_patch_is_the_patch_encoded() -> None:
-    seen = 0
-    for _ in range(2):  # the second round answers from the cache of encoded patches
-        for p in POD_SHAPES:
-            for decision in decisions_for(p):
-                ops = build_patch(p, decision)
-                expected = base64.b64encode(json.dumps(ops).encode()).decode() if ops else ""
-                assert encoded_patch(p, decision) == expected
-                seen += bool(ops)
-    assert seen > 10
+def review_body(p: dict[str, Any], uid: str, annotations: dict[str, str]) -> bytes:
+    p = json.loads(json.dumps(p))
+    p.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+    return json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "namespace": "default", "operation": "CREATE", "object": p},
+    }).encode()  # fmt: skip
+
+
+def test_remembered_answers_are_the_answers_decided_afresh() -> None:
+    index = CacheIndex.from_objects([
+        cache("web", ["nginx"], size=10, storage_class="fast"),
+        cache("both", ["nginx", "redis:7"], restore="30Gi"),
+        cache("a-very-long-name-" + "x" * 60, ["nginx", "redis:7", "busybox"]),
+    ])  # fmt: skip
+    asks = [AUTO, {"imagecache.dev/required": "true"}] + [
+        {"imagecache.dev/use-image-cache": m}
+        for m in ("web", "both", "nope", "a-very-long-name-" + "x" * 60)
+    ]
+    patched = 0
+    for p in POD_SHAPES:
+        for ask in asks:
+            afresh = []
+            for n in range(3):
+                review_module._DECIDED.clear()
+                afresh.append(review(review_body(p, f"uid-{n}", ask), index, now=NOW))
+            remembered = [review(review_body(p, f"uid-{n}", ask), index, now=NOW)
+                          for n in range(3)]  # fmt: skip
+            for new, old in zip(afresh, remembered, strict=True):
+                assert new.answer == old.answer
+                assert (new.outcome, new.decision, new.log_fields()) == (
+                    old.outcome, old.decision, old.log_fields()
+                )  # fmt: skip
+            assert [r.body["response"]["uid"] for r in remembered] == ["uid-0", "uid-1", "uid-2"]
+            patched += "patch" in remembered[0].body["response"]
+    assert patched > 10
+
+
+def test_remembered_answers_follow_the_index_and_the_clock() -> None:
+    index = CacheIndex.from_objects([
+        cache("small", ["nginx"], size=5, expire="2026-06-01T00:10:00Z"),
+        cache("big", ["nginx"], size=50),
+    ])  # fmt: skip
+    body = review_body(POD_SHAPES[3], "u", AUTO)
+
+    def chosen(now: datetime) -> str | None:
+        return review(body, index, now=now).body["response"]["auditAnnotations"].get("cache")
+
+    assert chosen(NOW) == "small"
+    assert chosen(datetime(2026, 6, 1, 0, 9, 59, tzinfo=UTC)) == "small"
+    assert chosen(datetime(2026, 6, 1, 0, 10, tzinfo=UTC)) == "big"  # small has expired
+    assert chosen(NOW) == "small"  # a clock set back decides again
+    index.apply("DELETED", cache("small", ["nginx"]))
+    assert chosen(NOW) == "big"
+    index.apply("MODIFIED", cache("big", ["nginx"], phase="Creating"))
+    assert review(body, index, now=NOW).decision == "miss"
+
+
+def test_a_pod_that_cannot_take_the_cache_is_decided_again_when_the_cache_expires() -> None:
+    index = CacheIndex.from_objects([cache("only", ["nginx"], expire="2026-06-01T00:10:00Z")])
+    taken = pod(["nginx"], annotations=AUTO, volumes=[{"name": "imagecache", "emptyDir": {}}])
+    body = review_body(taken, "u", AUTO)
+    assert review(body, index, now=NOW).decision == "unavailable"
+    assert review(body, index, now=datetime(2026, 6, 1, 0, 10, tzinfo=UTC)).decision == "miss"

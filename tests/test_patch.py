@@ -13,6 +13,7 @@ from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
 from webhook.core.patch import build_patch, conflict, escape
+from webhook.core.pod_facts import read_pod
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}
@@ -147,7 +148,7 @@ def test_conflicts(
     volumes: list[dict[str, Any]], mounts: list[dict[str, Any]] | None, problem: str | None
 ) -> None:
     p = pod(["nginx:1.25"], annotations=dict(AUTO), volumes=volumes, mounts=mounts)
-    found = conflict(p)
+    found = conflict(read_pod(p)[0])
     assert (found is None) if problem is None else (problem in str(found))
 
 

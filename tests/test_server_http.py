@@ -383,7 +383,7 @@ async def test_readyz_503_until_the_index_is_synced(
 # --- structured logs ------------------------------------------------------------------------
 
 
-async def test_decisions_logged_at_info_other_requests_at_debug(
+async def test_pods_left_without_a_cache_logged_at_info_hits_and_others_at_debug(
     webhook: Webhook, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="imagecache.webhook.test")
@@ -392,18 +392,25 @@ async def test_decisions_logged_at_info_other_requests_at_debug(
     plain = by_name.get("pod-create-by-replicaset.json")
     if opted_in is None or plain is None:
         pytest.skip(f"the recorded reviews changed: {sorted(by_name)}")
+    missed = json.loads(opted_in.read_bytes())
+    missed["request"]["uid"] = "uid-of-a-miss"
+    for container in missed["request"]["object"]["spec"]["containers"]:
+        container["image"] = "registry.example.test/nobody/caches-this:1"
     await post_json(session, url(webhook, "/mutate"), opted_in.read_bytes())
+    await post_json(session, url(webhook, "/mutate"), json.dumps(missed).encode())
     await post_json(session, url(webhook, "/mutate"), plain.read_bytes())
     admissions = [r for r in caplog.records if r.getMessage() == "admission"]
-    assert [r.levelno for r in admissions] == [logging.INFO, logging.DEBUG]
-    fields = admissions[0].fields  # type: ignore[attr-defined]
+    assert [r.levelno for r in admissions] == [logging.DEBUG, logging.INFO, logging.DEBUG]
+    hit, miss, ignored = (r.fields for r in admissions)  # type: ignore[attr-defined]
     request = json.loads(opted_in.read_bytes())["request"]
-    assert fields["uid"] == request["uid"]
-    assert fields["namespace"] == request["namespace"]
-    assert fields["pod"] == request["object"]["metadata"]["generateName"]
-    assert fields["decision"] == "hit" and fields["cache"] == "nginx"
-    assert 0 < fields["duration_ms"] < 1000
-    assert admissions[1].fields["outcome"] == "ignored"  # type: ignore[attr-defined]
+    assert hit["uid"] == request["uid"]
+    assert hit["namespace"] == request["namespace"]
+    assert hit["pod"] == request["object"]["metadata"]["generateName"]
+    assert hit["decision"] == "hit" and hit["cache"] == "nginx"
+    assert 0 < hit["duration_ms"] < 1000
+    assert miss["uid"] == "uid-of-a-miss" and miss["decision"] == "miss"
+    assert miss["reason"] == "no usable ImageCache holds every one of the pod's images"
+    assert ignored["outcome"] == "ignored"
 
 
 def test_json_formatter_writes_one_object_per_line() -> None:

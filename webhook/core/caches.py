@@ -7,6 +7,7 @@ cache names, so deciding costs the same with 10 caches or 10,000.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,9 +158,15 @@ class _Parts:
     listed: dict[str, tuple[CacheView, ...]]  # by namespace, those that list it
 
 
+_versions = itertools.count(1)
+
+
 @dataclass
 class CacheIndex:
-    """Caches by name, and cache names by image key."""
+    """Caches by name, and cache names by image key. `version` changes with every change, and
+    no two indexes share one: what is derived from an index can be kept under its version."""
+
+    version: int = field(default_factory=lambda: next(_versions))
 
     _caches: dict[str, CacheView] = field(default_factory=dict)
     _by_key: dict[str, set[str]] = field(default_factory=dict)
@@ -217,6 +224,7 @@ class CacheIndex:
 
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Start over from a full LIST."""
+        self.version = next(_versions)
         self._caches.clear()
         self._by_key.clear()
         self._in_order.clear()
@@ -229,6 +237,7 @@ class CacheIndex:
         view = cache_view(obj)
         if not view.name:
             return
+        self.version = next(_versions)
         self._remove(view.name)
         if event_type != "DELETED":
             self._caches[view.name] = view

@@ -12,7 +12,7 @@ from webhook.core.imageref import InvalidReference, parse
 from webhook.core.matching import decide, read_request
 from webhook.core.names import DECISION
 from webhook.core.patch import build_patch, conflict
-from webhook.core.review import pod_images
+from webhook.core.pod_facts import read_pod
 
 WORKLOAD_KINDS = (
     "Deployment",
@@ -55,12 +55,10 @@ def explain(
     namespace_auto: bool = False,
 ) -> str:
     """Explain what the webhook would do with `pod` given the caches in `index`."""
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    annotations = meta.get("annotations") or {}
-    images = pod_images(spec)
+    facts, name, _ = read_pod(pod, "the pod")
+    images = facts.images
     lines = [
-        f"Pod {meta.get('name') or meta.get('generateName') or '(unnamed)'} "
+        f"Pod {name or '(unnamed)'} "
         f"in namespace {namespace}; {len(index)} ImageCache(s) known",
         "Images:",
     ]
@@ -69,15 +67,15 @@ def explain(
             lines.append(f"  {image}  ->  {parse(image).match_key}")
         except InvalidReference as exc:
             lines.append(f"  {image}  ->  invalid: {exc.reason}")
-    if DECISION in annotations:
+    if facts.decided:
         lines.append(
-            f"Decision: already decided ({DECISION}={annotations[DECISION]}); "
+            f"Decision: already decided ({DECISION}={pod['metadata']['annotations'][DECISION]}); "
             "the webhook leaves this pod unchanged"
         )
         return "\n".join(lines) + "\n"
-    request = read_request(annotations, namespace_auto=namespace_auto)
+    request = read_request(facts.option_annotations(), namespace_auto=namespace_auto)
     decision = decide(images, namespace, request, index, now, explain=True)
-    if decision.cache is not None and (blocked := conflict(pod)):
+    if decision.cache is not None and (blocked := conflict(facts)):
         decision = decision.unavailable(blocked)
     if request.mode is None:
         lines.append("Request: none (no opt-in annotation, namespace not labelled auto)")

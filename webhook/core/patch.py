@@ -8,18 +8,16 @@ field the user wrote is never replaced (an RFC 6902 `add` on an existing member 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from webhook.core import names
 from webhook.core.matching import Decision
+from webhook.core.pod_facts import PodFacts, read_pod
 from webhook.core.quantity import format_gib
 
 Op = dict[str, Any]
-_OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES)  # the annotations the patch adds
-_OUR_LABELS = (names.DECISION, names.CACHE)  # the labels it adds
 LABEL_VALUE_MAX = 63
 
 
@@ -28,43 +26,21 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def _is_ours(volume: Mapping[str, Any]) -> bool:
-    template = (volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}
-    source = (template.get("spec") or {}).get("dataSource") or {}
-    return (
-        source.get("apiGroup") == names.SNAPSHOT_GROUP
-        and source.get("kind") == "VolumeSnapshot"
-        and str(source.get("name", "")).startswith(names.snapshot_name(""))
-    )
-
-
-def conflict(pod: Mapping[str, Any]) -> str | None:
-    """Why the cache volume cannot be added to `pod` without touching what the user wrote."""
-    spec = pod.get("spec") or {}
-    containers = spec.get("containers") or []
-    if not containers:
+def conflict(facts: PodFacts) -> str | None:
+    """Why the cache volume cannot be added to the pod without touching what the user wrote."""
+    if facts.first_container is None:
         return "the pod has no containers to mount the cache in"
-    for volume in spec.get("volumes") or []:
-        if volume.get("name") == names.VOLUME_NAME and not _is_ours(volume):
-            return (
-                f"the pod already has a volume named {names.VOLUME_NAME!r}; "
-                "rename it to let the pod use an image cache"
-            )
-    for mount in containers[0].get("volumeMounts") or []:
-        if mount.get("mountPath") == names.MOUNT_PATH and mount.get("name") != names.VOLUME_NAME:
-            return (
-                f"container {containers[0].get('name', '')!r} already mounts something at "
-                f"{names.MOUNT_PATH}; move that mount to let the pod use an image cache"
-            )
+    if facts.volume and not facts.volume_ours:
+        return (
+            f"the pod already has a volume named {names.VOLUME_NAME!r}; "
+            "rename it to let the pod use an image cache"
+        )
+    if facts.mount_taken:
+        return (
+            f"container {facts.first_container!r} already mounts something at "
+            f"{names.MOUNT_PATH}; move that mount to let the pod use an image cache"
+        )
     return None
-
-
-def _has_named(existing: object, name: str) -> bool | None:
-    """None when `existing` is not a list (the patch adds the list), else whether it has an
-    object named `name` (the patch adds nothing)."""
-    if not isinstance(existing, list):
-        return None
-    return any(isinstance(e, dict) and e.get("name") == name for e in existing)
 
 
 def _append(present: bool | None, path: str, item: Mapping[str, Any]) -> list[Op]:
@@ -85,8 +61,7 @@ class CacheFacts(NamedTuple):
 
 
 class PatchInput(NamedTuple):
-    """All the patch depends on: a few facts about the pod and the decision. The replicas of
-    one workload give equal inputs, so `encoded_patch` encodes each distinct one once."""
+    """All the patch depends on: a few facts about the pod and the decision."""
 
     has_metadata: bool
     annotations: tuple[str, ...] | None  # ours already on the pod; None: no annotations map
@@ -99,32 +74,19 @@ class PatchInput(NamedTuple):
     disk_size: int | None  # bytes the pod asked for (imagecache.dev/disk-size)
 
 
-def patch_input(pod: Mapping[str, Any], decision: Decision) -> PatchInput:
-    meta = pod.get("metadata")
-    has_metadata = isinstance(meta, dict)
-    meta = meta if isinstance(meta, dict) else {}
-    annotations = meta.get("annotations")
-    present = None
-    if isinstance(annotations, dict):
-        present = tuple([k for k in _OURS if k in annotations]) if annotations else ()
-    labels = meta.get("labels")
-    labels_present = None
-    if isinstance(labels, dict):
-        labels_present = tuple([k for k in _OUR_LABELS if k in labels]) if labels else ()
+def patch_input(facts: PodFacts, decision: Decision) -> PatchInput:
     cache = decision.cache
-    if cache is None:  # nothing but metadata: the pod's spec is not read
+    if cache is None:  # nothing but metadata
         return PatchInput(
-            has_metadata, present, labels_present, None, None, decision.outcome,
+            facts.has_metadata, facts.annotations, facts.labels, None, None, decision.outcome,
             decision.missing, None, None,
         )  # fmt: skip
-    spec = pod.get("spec") or {}
-    first = (spec.get("containers") or [{}])[0]
     return PatchInput(
-        has_metadata,
-        present,
-        labels_present,
-        _has_named(spec.get("volumes"), names.VOLUME_NAME),
-        _has_named(first.get("volumeMounts"), names.VOLUME_NAME),
+        facts.has_metadata,
+        facts.annotations,
+        facts.labels,
+        facts.volume,
+        facts.mount,
         decision.outcome,
         decision.missing,
         CacheFacts(cache.name, cache.restore_size, cache.size_bytes, cache.storage_class),
@@ -206,16 +168,11 @@ def _ops(given: PatchInput) -> list[Op]:
 
 def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
     """The operations that record `decision` on `pod` and, on a hit or mismatch, add the cache."""
-    return _ops(patch_input(pod, decision))
+    return _ops(patch_input(read_pod(pod, "the pod")[0], decision))
 
 
-@functools.lru_cache(maxsize=1024)
-def _encoded(given: PatchInput) -> str:
-    ops = _ops(given)
+def encoded_patch(facts: PodFacts, decision: Decision) -> str:
+    """The patch as the AdmissionReview's `patch` field (base64 of the JSON), "" when there
+    is nothing to add."""
+    ops = _ops(patch_input(facts, decision))
     return base64.b64encode(json.dumps(ops).encode()).decode() if ops else ""
-
-
-def encoded_patch(pod: Mapping[str, Any], decision: Decision) -> str:
-    """`build_patch` as the AdmissionReview's `patch` field (base64 of the JSON), "" when
-    there is nothing to add. Encoded once per distinct input: the JSON is most of the cost."""
-    return _encoded(patch_input(pod, decision))

@@ -3,93 +3,114 @@
 `review()` never raises. A body the apiserver would never send (not JSON, wrong kind,
 missing uid or object, over the size limit) gets status 400 and a JSON error naming the
 field; everything else gets 200 and an AdmissionReview answer in the request's version.
+
+The answer to a pod depends on its `PodFacts`, its namespace, the index and the clock only:
+the replicas of a workload have equal facts, so each distinct question is decided and
+encoded once per index version (`_DECIDED`), and later answers differ only by their uid.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from json.encoder import encode_basestring_ascii
+from typing import Any, Literal, NamedTuple
 
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
-from webhook.core.names import DECISION, MIRROR_POD
 from webhook.core.patch import conflict, encoded_patch
+from webhook.core.pod_facts import BadReview, PodFacts, read_pod
 
+__all__ = ["MAX_BODY_BYTES", "BadReview", "ReviewResult", "review"]
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the apiserver's own request limit is 3 MiB
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+DECIDED_KEPT = 4096  # distinct (pod facts, namespace, ...) answers kept per process
 ReviewOutcome = Literal["patched", "unchanged", "denied", "invalid", "ignored"]
 
 
-class BadReview(ValueError):
-    """The body is not an AdmissionReview this webhook can answer."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReviewResult:
+class ReviewResult(NamedTuple):
     status: int  # HTTP status to answer with
-    body: dict[str, Any]
+    answer: bytes  # the HTTP body: the AdmissionReview answer, or {"error": ...} with 400
     outcome: ReviewOutcome
     decision: str | None = None  # hit, mismatch, miss, unavailable
     detail: Decision | None = None
-    log: dict[str, Any] = field(default_factory=dict)  # fields for the structured log line
+    uid: str | None = None
+    namespace: object = None
+    operation: object = None
+    pod: str | None = None
+    dry_run: bool | None = None  # None: not a pod CREATE
+    error: str | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The answer as JSON data (for tests and tools; the server sends `answer`)."""
+        body: dict[str, Any] = json.loads(self.answer)
+        return body
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields of the structured log line for this answer."""
+        if self.error is not None:
+            return {"error": self.error}
+        fields: dict[str, Any] = {
+            "uid": self.uid,
+            "namespace": self.namespace,
+            "operation": self.operation,
+        }
+        if self.dry_run is not None:
+            fields.update(pod=self.pod, dry_run=self.dry_run)
+        detail = self.detail
+        if detail is not None and detail.outcome is not None:
+            fields.update(
+                decision=detail.outcome,
+                reason=detail.reason,
+                cache=detail.cache.name if detail.cache else None,
+            )
+        return fields
 
 
-def _object(value: object, where: str, *, required: bool = True) -> Mapping[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        problem = (
-            "is missing" if value is None else f"must be an object, not {type(value).__name__}"
-        )
-        raise BadReview(f"{where} {problem}")
-    return value
+_UID_AT = b'"response":{"uid":'
 
 
-def _list_of_objects(value: object, where: str, *at: object) -> list[Mapping[str, Any]]:
-    """`where` is a format string filled from `at` only for the error (the hot path never
-    builds it)."""
-    if value is None:
-        return []
-    if isinstance(value, list):
-        for item in value:
-            if not isinstance(item, dict):
-                break
-        else:
-            return value
-    raise BadReview(f"{where.format(*at)} must be a list of objects")
+@functools.lru_cache(maxsize=64)
+def _answer_around_uid(
+    api_version: str,
+    audit: tuple[tuple[str, str], ...] = (),
+    warnings: tuple[str, ...] = (),
+    denied: str | None = None,
+    patch: str = "",
+) -> tuple[bytes, bytes]:
+    """The answer's JSON before and after the uid's value."""
+    response: dict[str, Any] = {"uid": "", "allowed": denied is None}
+    if denied is not None:
+        response["status"] = {"code": 403, "message": denied}
+    if audit:
+        response["auditAnnotations"] = dict(audit)
+    if warnings:
+        response["warnings"] = list(warnings)
+    if patch:
+        response.update(patchType="JSONPatch", patch=patch)
+    encoded = _encode({"apiVersion": api_version, "kind": "AdmissionReview", "response": response})
+    # apiVersion and kind are fixed strings, so the first `"response":{"uid":` is the key.
+    head, _, tail = encoded.encode().partition(_UID_AT)
+    return head + _UID_AT, tail.removeprefix(b'""')
 
 
-def _string_map(value: object, where: str) -> Mapping[str, str]:
-    mapping = _object(value, where, required=False)
-    for k, v in mapping.items():
-        if not (isinstance(k, str) and isinstance(v, str)):
-            raise BadReview(f"{where} must map strings to strings")
-    return mapping
+class _Decided(NamedTuple):
+    """The answer to one distinct question, but for its uid."""
+
+    outcome: ReviewOutcome
+    detail: Decision | None
+    head: bytes
+    tail: bytes
+    since: datetime  # decided at (a clock set back decides again)
+    until: datetime | None  # when the chosen cache expires: decide again from then on
 
 
-def pod_images(spec: Mapping[str, Any]) -> list[str]:
-    images: list[str] = []
-    for key in ("initContainers", "containers"):
-        containers = _list_of_objects(spec.get(key), "request.object.spec.{}", key)
-        for n, container in enumerate(containers):
-            _list_of_objects(container.get("volumeMounts"), "spec.{}[{}].volumeMounts", key, n)
-            image = container.get("image")
-            if image is not None and not isinstance(image, str):
-                raise BadReview(f"request.object.spec.{key}[{n}].image must be a string")
-            if image:
-                images.append(image)
-    return images
-
-
-def _answer(api_version: str, uid: str, **response: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "response": {"uid": uid, "allowed": True, **response},
-    }
+_DECIDED: dict[tuple[object, ...], _Decided] = {}
 
 
 def _parse(body: bytes) -> Mapping[str, Any]:
@@ -99,7 +120,11 @@ def _parse(body: bytes) -> Mapping[str, Any]:
         review_obj = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadReview(f"request body is not JSON: {str(exc)[:200]}") from None
-    review_obj = _object(review_obj, "the request body (an AdmissionReview)")
+    if not isinstance(review_obj, dict):
+        raise BadReview(
+            "the request body (an AdmissionReview) must be an object, not "
+            f"{type(review_obj).__name__}"
+        )
     if review_obj.get("kind") != "AdmissionReview":
         raise BadReview(f"kind must be AdmissionReview, not {str(review_obj.get('kind'))[:100]!r}")
     if review_obj.get("apiVersion") not in API_VERSIONS:
@@ -117,81 +142,95 @@ def review(
     try:
         return _review(body, index, now=now, default_auto=default_auto)
     except BadReview as exc:
-        return ReviewResult(400, {"error": str(exc)}, "invalid", log={"error": str(exc)})
+        error = str(exc)
+        return ReviewResult(400, _encode({"error": error}).encode(), "invalid", error=error)
 
 
 def _review(body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool) -> ReviewResult:
     review_obj = _parse(body)
-    api_version = str(review_obj["apiVersion"])
-    request = _object(review_obj.get("request"), "request")
+    api_version: str = review_obj["apiVersion"]
+    request = review_obj.get("request")
+    if not isinstance(request, dict):
+        problem = "is missing" if request is None else "must be an object"
+        raise BadReview(f"request {problem}")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadReview("request.uid must be a non-empty string")
-    kind = _object(request.get("kind"), "request.kind", required=False)
+    uid_json = encode_basestring_ascii(uid).encode()
+    kind = request.get("kind")
+    if kind is None:
+        kind = {}
+    elif not isinstance(kind, dict):
+        raise BadReview(f"request.kind must be an object, not {type(kind).__name__}")
     namespace = request.get("namespace")
-    log: dict[str, Any] = {
-        "uid": uid,
-        "namespace": namespace,
-        "operation": request.get("operation"),
-    }
+    operation = request.get("operation")
     if (
         kind.get("group", "") != ""
         or kind.get("kind") != "Pod"
-        or request.get("operation") != "CREATE"
+        or operation != "CREATE"
         or request.get("subResource")
     ):
-        return ReviewResult(200, _answer(api_version, uid), "ignored", log=log)
+        head, tail = _answer_around_uid(api_version)
+        return ReviewResult(200, head + uid_json + tail, "ignored", None, None, uid,
+                            namespace, operation)  # fmt: skip
 
-    pod = _object(request.get("object"), "request.object")
-    meta = _object(pod.get("metadata"), "request.object.metadata", required=False)
-    annotations = _string_map(meta.get("annotations"), "request.object.metadata.annotations")
-    _string_map(meta.get("labels"), "request.object.metadata.labels")
-    spec = _object(pod.get("spec"), "request.object.spec")
-    _list_of_objects(spec.get("volumes"), "request.object.spec.volumes")
-    images = pod_images(spec)
-    if not isinstance(namespace, str) or not namespace:
-        namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
-    log.update(
-        namespace=namespace,
-        pod=meta.get("name") or meta.get("generateName"),
-        dry_run=bool(request.get("dryRun")),
-    )
+    facts, pod_name, pod_namespace = read_pod(request.get("object"))
+    if type(namespace) is not str or not namespace:
+        namespace = pod_namespace or "default"
+    key = (index.version, api_version, default_auto, namespace, facts)
+    decided = _DECIDED.get(key)
+    if (
+        decided is None
+        or now < decided.since
+        or (decided.until is not None and decided.until <= now)
+    ):
+        decided = _decide(api_version, default_auto, namespace, facts, index, now)
+        if len(_DECIDED) >= DECIDED_KEPT:
+            del _DECIDED[next(iter(_DECIDED))]  # the oldest
+        _DECIDED[key] = decided
+    detail = decided.detail
+    return ReviewResult(
+        200, decided.head + uid_json + decided.tail, decided.outcome,
+        detail.outcome if detail else None, detail, uid, namespace, operation, pod_name,
+        bool(request.get("dryRun")),
+    )  # fmt: skip
 
-    if MIRROR_POD in annotations:
+
+def _decide(
+    api_version: str,
+    default_auto: bool,
+    namespace: str,
+    facts: PodFacts,
+    index: CacheIndex,
+    now: datetime,
+) -> _Decided:
+    if facts.mirror:
         # A static pod's API copy: the kubelet runs it from a file and never reads this object.
-        return ReviewResult(200, _answer(api_version, uid), "ignored", log=log)
-    if DECISION in annotations:
+        return _Decided("ignored", None, *_answer_around_uid(api_version), now, None)
+    if facts.decided:
         # Decided already (reinvocation, or a pod copied from a decided one): idempotent.
-        return ReviewResult(200, _answer(api_version, uid), "unchanged", log=log)
-    wanted = read_request(annotations, namespace_auto=default_auto)
-    decision = decide(images, str(namespace), wanted, index, now)
+        return _Decided("unchanged", None, *_answer_around_uid(api_version), now, None)
+    wanted = read_request(facts.option_annotations(), namespace_auto=default_auto)
+    decision = decide(facts.images, namespace, wanted, index, now)
     if decision.outcome is None:
-        return ReviewResult(200, _answer(api_version, uid), "ignored", log=log)
+        return _Decided("ignored", decision, *_answer_around_uid(api_version), now, None)
+    # Time only makes caches unusable (expiry): those passed over stay so, and the decision
+    # holds while the chosen one lasts (even when the pod cannot take it, below).
+    until = decision.cache.expire_time if decision.cache is not None else None
     if decision.cache is not None:
-        blocked = conflict(pod)
+        blocked = conflict(facts)
         if blocked:
             decision = decision.unavailable(blocked)
-    log.update(
-        decision=decision.outcome,
-        reason=decision.reason,
-        cache=decision.cache.name if decision.cache else None,
+    audit: tuple[tuple[str, str], ...] = (
+        ("decision", str(decision.outcome)),
+        ("reason", decision.reason[:1000]),
     )
-    audit = {"decision": decision.outcome, "reason": decision.reason[:1000]}
     if decision.cache is not None:
-        audit["cache"] = decision.cache.name
-    extra: dict[str, Any] = {"auditAnnotations": audit}
-    if decision.warnings:
-        extra["warnings"] = list(decision.warnings)
+        audit += (("cache", decision.cache.name),)
     denied = decision.denied
     if denied:
-        answer = _answer(api_version, uid, **extra)
-        answer["response"].update(allowed=False, status={"code": 403, "message": denied})
-        return ReviewResult(200, answer, "denied", decision.outcome, decision, log)
-    patch = encoded_patch(pod, decision)
-    if patch:
-        extra["patchType"] = "JSONPatch"
-        extra["patch"] = patch
-    outcome: ReviewOutcome = "patched" if patch else "unchanged"
-    return ReviewResult(
-        200, _answer(api_version, uid, **extra), outcome, decision.outcome, decision, log
-    )
+        parts = _answer_around_uid(api_version, audit, decision.warnings, denied)
+        return _Decided("denied", decision, *parts, now, until)
+    patch = encoded_patch(facts, decision)
+    parts = _answer_around_uid(api_version, audit, decision.warnings, None, patch)
+    return _Decided("patched" if patch else "unchanged", decision, *parts, now, until)

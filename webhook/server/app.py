@@ -11,14 +11,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
 from webhook.core.caches import CacheIndex
-from webhook.core.review import MAX_BODY_BYTES, review
+from webhook.core.review import MAX_BODY_BYTES, ReviewResult, review
 from webhook.server.logs import log
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 
@@ -38,12 +38,9 @@ class State:
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when in_flight is 0
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(body=_encode(body).encode(), status=status, content_type=JSON)
-
-
 def _error(status: int, message: str) -> web.Response:
-    return _json(status, {"error": message})
+    body = _encode({"error": message}).encode()
+    return web.Response(body=body, status=status, content_type=JSON)
 
 
 def _json_content_type(value: str) -> bool:
@@ -55,81 +52,93 @@ def _json_content_type(value: str) -> bool:
     return media == "" or media.endswith("/json") or media.endswith("+json")
 
 
-async def _read_body(request: web.Request) -> bytes | web.Response:
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        # Refused before reading a byte of it.
-        return _error(
-            413, f"request body is {length} bytes, over the limit of {MAX_BODY_BYTES} bytes"
-        )
-    try:
-        return await request.read()  # client_max_size stops chunked bodies past the limit
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes")
+def _level(result: ReviewResult) -> int:
+    """warning: a body that is not a review; info: a decision that leaves the pod without its
+    cache, or warns its author (the answers to `why did my pod not get a cache`); debug: a
+    plain hit (recorded on the pod, in the audit log and in the metrics), and pods that did
+    not opt in."""
+    if result.status != 200:
+        return logging.WARNING
+    detail = result.detail
+    if detail is None or detail.outcome is None:
+        return logging.DEBUG
+    if detail.outcome == "hit" and not detail.warnings:
+        return logging.DEBUG
+    return logging.INFO
 
 
 class Admission:
     def __init__(self, state: State, metrics: Metrics, logger: logging.Logger) -> None:
         self.state, self.metrics, self.logger = state, metrics, logger
+        self.mutate = self._route("/mutate", default_auto=False)
+        self.mutate_auto = self._route("/mutate/auto", default_auto=True)
 
-    async def mutate(self, request: web.Request) -> web.Response:
-        return await self._guarded(request, default_auto=False)
+    def _route(
+        self, path: str, *, default_auto: bool
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        # One coroutine per request, with what it reads bound here: the path runs for every
+        # pod the cluster creates.
+        state, logger, admitted = self.state, self.logger, self.metrics.admitted
 
-    async def mutate_auto(self, request: web.Request) -> web.Response:
-        return await self._guarded(request, default_auto=True)
+        async def handler(request: web.Request) -> web.Response:
+            if not state.in_flight:
+                state.idle.clear()
+            state.in_flight += 1
+            started = time.perf_counter()
+            try:
+                content_type = request.headers.get("Content-Type", "")
+                if not _json_content_type(content_type):
+                    response = self._refused(
+                        415, f"Content-Type must be application/json, not {content_type!r}"
+                    )
+                else:
+                    length = request.content_length
+                    try:
+                        if length is not None and length > MAX_BODY_BYTES:
+                            # Refused before reading a byte of it.
+                            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, length)
+                        body = await request.read()  # client_max_size stops chunked bodies
+                    except web.HTTPRequestEntityTooLarge:
+                        size = f"{length} bytes, " if length is not None else ""
+                        response = self._refused(
+                            413, f"request body is {size}over the limit of {MAX_BODY_BYTES} bytes"
+                        )
+                    else:
+                        decided = time.perf_counter()
+                        result = review(body, state.index, now=datetime.now(UTC),
+                                        default_auto=default_auto)  # fmt: skip
+                        response = web.Response(
+                            body=result.answer, status=result.status, content_type=JSON
+                        )
+                        elapsed = time.perf_counter() - decided
+                        admitted(result.outcome, result.decision, elapsed)
+                        level = _level(result)
+                        if logger.isEnabledFor(level):
+                            log(logger, level, "admission", path=path, status=result.status,
+                                outcome=result.outcome, duration_ms=round(elapsed * 1000, 3),
+                                total_ms=round((time.perf_counter() - started) * 1000, 3),
+                                **result.log_fields())  # fmt: skip
+            except Exception as exc:  # last resort: the apiserver gets JSON, the log the reason
+                self.metrics.answered("error")
+                logger.exception("admission handler failed", extra={"fields": {"path": path}})
+                response = _error(
+                    400, f"the webhook could not handle this request: {type(exc).__name__}"
+                )
+            finally:
+                state.in_flight -= 1
+                if not state.in_flight:
+                    state.idle.set()
+            if state.stopping:
+                # Shutting down: the client should not send its next request on this connection.
+                response.force_close()
+            return response
 
-    async def _guarded(self, request: web.Request, *, default_auto: bool) -> web.Response:
-        started = time.perf_counter()
-        self.state.in_flight += 1
-        self.state.idle.clear()
-        try:
-            response = await self._admit(request, default_auto, started)
-        except Exception as exc:  # last resort: the apiserver gets JSON, the log the reason
-            self.metrics.answered("error")
-            self.logger.exception(
-                "admission handler failed", extra={"fields": {"path": request.path}}
-            )
-            response = _error(
-                400, f"the webhook could not handle this request: {type(exc).__name__}"
-            )
-        finally:
-            self.state.in_flight -= 1
-            if self.state.in_flight == 0:
-                self.state.idle.set()
-        if self.state.stopping:
-            # Shutting down: the client should not send its next request on this connection.
-            response.force_close()
-        return response
+        return handler
 
-    async def _admit(
-        self, request: web.Request, default_auto: bool, started: float
-    ) -> web.Response:
-        if not _json_content_type(request.headers.get("Content-Type", "")):
-            self.metrics.answered("invalid")
-            return _error(
-                415, f"Content-Type must be application/json, not {request.content_type!r}"
-            )
-        body = await _read_body(request)
-        if isinstance(body, web.Response):
-            self.metrics.answered("invalid")
-            log(self.logger, logging.WARNING, "request body refused", path=request.path,
-                length=request.content_length)  # fmt: skip
-            return body
-        decided = time.perf_counter()
-        result = review(body, self.state.index, now=datetime.now(UTC), default_auto=default_auto)
-        response = _json(result.status, result.body)
-        elapsed = time.perf_counter() - decided
-        self.metrics.admitted(result.outcome, result.decision, elapsed)
-        if result.status != 200:
-            level = logging.WARNING
-        else:
-            level = logging.INFO if result.decision is not None else logging.DEBUG
-        if self.logger.isEnabledFor(level):
-            log(self.logger, level, "admission", path=request.path, status=result.status,
-                outcome=result.outcome, duration_ms=round(elapsed * 1000, 3),
-                total_ms=round((time.perf_counter() - started) * 1000, 3),
-                **result.log)  # fmt: skip
-        return response
+    def _refused(self, status: int, message: str) -> web.Response:
+        self.metrics.answered("invalid")
+        log(self.logger, logging.WARNING, "request refused", status=status, error=message)
+        return _error(status, message)
 
 
 def make_app(state: State, metrics: Metrics, logger: logging.Logger) -> web.Application:

@@ -3,11 +3,16 @@ so two servers in one process, as in the tests, never collide)."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 OUTCOMES = ("patched", "unchanged", "denied", "invalid", "ignored", "error")
@@ -18,34 +23,62 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class Metrics:
-    def __init__(self, index_size: Callable[[], int]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        # Admission counts are plain ints on the request path (the handlers and /metrics all
-        # run on the event loop thread), added to the counters whenever the registry is
-        # collected: _Flush is registered first.
-        self._answered: dict[str, int] = {}
-        self._decided: dict[str, int] = {}
-        self.registry.register(_Flush(self._flush))
-        requests = Counter(
+class Admissions(Collector):
+    """The admission metrics as plain ints and a float, turned into metric families only when
+    /metrics is read: the request path adds to a dict and a list, with no locks (handlers and
+    /metrics all run on the event loop thread), which prometheus_client's Counter and
+    Histogram would take on every request."""
+
+    def __init__(self) -> None:
+        self.answered = dict.fromkeys(OUTCOMES, 0)
+        self.decided = dict.fromkeys(DECISIONS, 0)
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one: over 2.5 s
+        self.seconds = 0.0
+
+    def admitted(self, outcome: str, decision: str | None, seconds: float) -> None:
+        """One admission answer: its outcome, its cache decision (if any) and its duration."""
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+        answered = self.answered
+        answered[outcome] = answered.get(outcome, 0) + 1  # an outcome added later counts too
+        if decision is not None:
+            decided = self.decided
+            decided[decision] = decided.get(decision, 0) + 1
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
             "imagecache_admission_requests",
             "Admission requests answered, by outcome (patched, unchanged, denied, invalid, "
             "ignored, error).",
-            ["result"],
-            registry=self.registry,
+            labels=["result"],
         )
-        decisions = Counter(
+        for outcome, count in self.answered.items():
+            requests.add_metric([outcome], count)
+        decisions = CounterMetricFamily(
             "imagecache_admission_decisions",
             "Cache decisions made for pods that opted in (hit, mismatch, miss, unavailable).",
-            ["decision"],
-            registry=self.registry,
+            labels=["decision"],
         )
-        self.duration = Histogram(
+        for decision, count in self.decided.items():
+            decisions.add_metric([decision], count)
+        cumulative, total = [], 0
+        for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), self.buckets, strict=True):
+            total += count
+            cumulative.append((bound, float(total)))
+        duration = HistogramMetricFamily(
             "imagecache_admission_duration_seconds",
             "Time from the request body read to the answer, in seconds.",
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            buckets=cumulative,
+            sum_value=self.seconds,
         )
+        return [requests, decisions, duration]
+
+
+class Metrics:
+    def __init__(self, index_size: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.admissions = Admissions()
+        self.registry.register(self.admissions)
         size = Gauge(
             "imagecache_cache_index_size",
             "ImageCache objects in the webhook's in-memory index.",
@@ -63,52 +96,14 @@ class Metrics:
             "Full replacements of the cache index (file loads, LISTs after start or 410 Gone).",
             registry=self.registry,
         )
-        # Children bound once: labels() per request costs a dict lookup and a lock.
-        self.requests = {o: requests.labels(result=o) for o in OUTCOMES}
-        self._requests = requests
-        self.decisions = {d: decisions.labels(decision=d) for d in DECISIONS}
-        self._decisions = decisions
         self.tls_reloads = {r: reloads.labels(result=r) for r in RELOAD_RESULTS}
+        # The admission path's two calls, bound once.
+        self.admitted = self.admissions.admitted
 
     def answered(self, outcome: str) -> None:
-        self._answered[outcome] = self._answered.get(outcome, 0) + 1
-
-    def decided(self, decision: str) -> None:
-        self._decided[decision] = self._decided.get(decision, 0) + 1
-
-    def admitted(self, outcome: str, decision: str | None, seconds: float) -> None:
-        """One admission answer: its outcome, its cache decision (if any) and its duration."""
-        self.duration.observe(seconds)
-        answered = self._answered
+        """An admission request refused before review (wrong content type, body too big)."""
+        answered = self.admissions.answered
         answered[outcome] = answered.get(outcome, 0) + 1
-        if decision is not None:
-            decided = self._decided
-            decided[decision] = decided.get(decision, 0) + 1
-
-    def _flush(self) -> None:
-        for outcome, count in self._answered.items():
-            child = self.requests.get(outcome)
-            if child is None:  # an outcome the core added later: count it anyway
-                child = self.requests[outcome] = self._requests.labels(result=outcome)
-            child.inc(count)
-        self._answered.clear()
-        for decision, count in self._decided.items():
-            child = self.decisions.get(decision)
-            if child is None:  # a decision the core added later: count it anyway
-                child = self.decisions[decision] = self._decisions.labels(decision=decision)
-            child.inc(count)
-        self._decided.clear()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class _Flush(Collector):
-    """Collects nothing; makes the registry add the pending counts before it collects."""
-
-    def __init__(self, flush: Callable[[], None]) -> None:
-        self.flush = flush
-
-    def collect(self) -> Iterable[Metric]:
-        self.flush()
-        return []

@@ -1,0 +1,182 @@
+"""What the admission decision reads of a pod, in one pass, checked as it is read.
+
+Everything the decision and the patch depend on fits in a small hashable `PodFacts`: the
+replicas of one workload give equal facts, so the webhook decides for each distinct one once
+(`webhook.core.review`). A pod of the wrong shape raises `BadReview` naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from webhook.core import names
+
+# The annotations the matching policy reads, in this order in `PodFacts.options`.
+OPTIONS = (
+    names.USE_CACHE,
+    names.TKE_USE_CACHE,
+    names.ECI_CACHE_ID,
+    names.ECI_AUTO,
+    names.MATCH,
+    names.DISK_SIZE,
+    names.REQUIRED,
+)
+OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES)  # the annotations the patch adds
+OUR_LABELS = (names.DECISION, names.CACHE)  # the labels it adds
+
+
+class BadReview(ValueError):
+    """The body is not an AdmissionReview (or the object not a pod) this webhook can answer."""
+
+
+class PodFacts(NamedTuple):
+    has_metadata: bool
+    options: tuple[str | None, ...]  # the OPTIONS annotations' values (None: not set)
+    mirror: bool  # a static pod's API copy
+    decided: bool  # carries imagecache.dev/decision already
+    annotations: tuple[str, ...] | None  # OURS already on the pod; None: no annotations map
+    labels: tuple[str, ...] | None  # OUR_LABELS already on the pod; None: no labels map
+    images: tuple[str, ...]  # init containers', then containers', as written
+    first_container: str | None  # the name of containers[0] ("" unnamed); None: no containers
+    volume: bool | None  # a volume named imagecache exists; None: no volumes list
+    volume_ours: bool  # ... and it is one the webhook added
+    mount: bool | None  # containers[0] mounts one named imagecache; None: no volumeMounts
+    mount_taken: bool  # containers[0] mounts another volume at the cache's mount path
+
+    def option_annotations(self) -> dict[str, str]:
+        """The option annotations that are set, as the pod has them."""
+        return {k: v for k, v in zip(OPTIONS, self.options, strict=True) if v is not None}
+
+
+def _not_object(value: object) -> str:
+    return "is missing" if value is None else f"must be an object, not {type(value).__name__}"
+
+
+def _not_objects(at: str, field: str) -> BadReview:
+    return BadReview(f"{at}.{field} must be a list of objects")
+
+
+def _is_ours(volume: Mapping[str, Any]) -> bool:
+    template = (volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}
+    source = (template.get("spec") or {}).get("dataSource") or {}
+    return (
+        source.get("apiGroup") == names.SNAPSHOT_GROUP
+        and source.get("kind") == "VolumeSnapshot"
+        and str(source.get("name", "")).startswith(names.snapshot_name(""))
+    )
+
+
+_MIRROR_POD, _DECISION, _CACHE, _MISSING = (
+    names.MIRROR_POD, names.DECISION, names.CACHE, names.MISSING_IMAGES
+)  # fmt: skip
+_VOLUME, _MOUNT_PATH = names.VOLUME_NAME, names.MOUNT_PATH
+
+
+def read_pod(pod: object, at: str = "request.object") -> tuple[PodFacts, str | None, str | None]:
+    """The facts of `pod`, its name (or generateName) and its metadata.namespace; `at` names
+    the pod in errors. What the decision reads is checked as it is read (the annotations'
+    values, the volumes up to ours, each container's image, the first one's mounts), and the
+    messages are built only when raising."""
+    if type(pod) is not dict:
+        raise BadReview(f"{at} {_not_object(pod)}")
+    meta = pod.get("metadata")
+    has_metadata = meta is not None
+    if meta is None:
+        meta = {}
+    elif type(meta) is not dict:
+        raise BadReview(f"{at}.metadata {_not_object(meta)}")
+    annotations = meta.get("annotations")
+    if annotations is None:
+        options: tuple[str | None, ...] = (None,) * len(OPTIONS)
+        ours: tuple[str, ...] | None = None
+        mirror = decided = False
+    elif type(annotations) is not dict:
+        raise BadReview(f"{at}.metadata.annotations {_not_object(annotations)}")
+    else:
+        for k, v in annotations.items():
+            if type(v) is not str or type(k) is not str:
+                raise BadReview(f"{at}.metadata.annotations must map strings to strings")
+        get = annotations.get
+        options = (get(OPTIONS[0]), get(OPTIONS[1]), get(OPTIONS[2]), get(OPTIONS[3]),
+                   get(OPTIONS[4]), get(OPTIONS[5]), get(OPTIONS[6]))  # fmt: skip
+        mirror = _MIRROR_POD in annotations
+        decided = _DECISION in annotations
+        ours = ()
+        if decided or _CACHE in annotations or _MISSING in annotations:
+            ours = tuple([k for k in OURS if k in annotations])
+    labels = meta.get("labels")
+    our_labels: tuple[str, ...] | None = None
+    if labels is not None:
+        if type(labels) is not dict:
+            raise BadReview(f"{at}.metadata.labels {_not_object(labels)}")
+        our_labels = ()
+        if _DECISION in labels or _CACHE in labels:
+            our_labels = tuple([k for k in OUR_LABELS if k in labels])
+
+    spec = pod.get("spec")
+    if type(spec) is not dict:
+        raise BadReview(f"{at}.spec {_not_object(spec)}")
+    volumes = spec.get("volumes")
+    volume: bool | None = None
+    volume_ours = False
+    if volumes is not None:
+        if type(volumes) is not list:
+            raise _not_objects(at, "spec.volumes")
+        volume = False
+        for item in volumes:
+            if type(item) is not dict:
+                raise _not_objects(at, "spec.volumes")
+            if item.get("name") == _VOLUME:
+                volume, volume_ours = True, _is_ours(item)
+                break
+
+    images: list[str] = []
+    containers = None
+    for key in ("initContainers", "containers"):
+        containers = spec.get(key)
+        if containers is None:
+            continue
+        if type(containers) is not list:
+            raise _not_objects(at, f"spec.{key}")
+        for container in containers:
+            if type(container) is not dict:
+                raise _not_objects(at, f"spec.{key}")
+            image = container.get("image")
+            if type(image) is str:
+                if image:
+                    images.append(image)
+            elif image is not None:
+                n = containers.index(container)
+                raise BadReview(f"{at}.spec.{key}[{n}].image must be a string")
+
+    mount: bool | None = None
+    mount_taken = False
+    first_name: str | None = None
+    if containers:
+        first = containers[0]
+        first_name = str(first.get("name") or "")
+        mounts = first.get("volumeMounts")
+        if mounts is not None:
+            if type(mounts) is not list:
+                raise _not_objects(at, "spec.containers[0].volumeMounts")
+            mount = False
+            for item in mounts:
+                if type(item) is not dict:
+                    raise _not_objects(at, "spec.containers[0].volumeMounts")
+                if item.get("name") == _VOLUME:
+                    mount = True
+                elif item.get("mountPath") == _MOUNT_PATH:
+                    mount_taken = True
+
+    name = meta.get("name") or meta.get("generateName")
+    namespace = meta.get("namespace")
+    facts = PodFacts(
+        has_metadata, options, mirror, decided, ours, our_labels, tuple(images), first_name,
+        volume, volume_ours, mount, mount_taken,
+    )  # fmt: skip
+    return (
+        facts,
+        name if type(name) is str else None,
+        namespace if type(namespace) is str and namespace else None,
+    )
