@@ -50,7 +50,15 @@ POD_IMAGES = ["nginx:1.25", "busybox:1.36"]
 # --- inputs ---------------------------------------------------------------------------------
 
 
-def review_body() -> bytes:
+UID = "0b7e9d4e-1f0c-4c86-9d2b-6f3a0e1c2b3a"
+WORKLOADS = {
+    "replicas": "every request a new uid: the pods of one workload (same template, namespace)",
+    "distinct": "every request a new uid and a new namespace: no two pods ask the same "
+    "question, so none is answered from the webhook's remembered decisions",
+}
+
+
+def review_body(uid: str = UID, namespace: str = "shop") -> bytes:
     """A Pod CREATE review like the apiserver sends (about 4 KiB, opted in with `auto`)."""
     pod = {
         "kind": "Pod",
@@ -95,12 +103,12 @@ def review_body() -> bytes:
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",
         "request": {
-            "uid": "0b7e9d4e-1f0c-4c86-9d2b-6f3a0e1c2b3a",
+            "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
+            "namespace": namespace,
             "operation": "CREATE",
             "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
                          "groups": ["system:serviceaccounts", "system:authenticated"]},
@@ -113,6 +121,15 @@ def review_body() -> bytes:
     return json.dumps(review).encode()
 
 
+KINDS = {
+    "bare": "the peer: a bare aiohttp TLS handler (web.Application, one route) that parses the "
+    "same body with json.loads and returns a fixed answer",
+    "lowlevel": "the same on aiohttp's low-level server (web.Server, no router), as "
+    "`imagecache serve` is: the webhook's own work with the HTTP stack equal",
+    "shell": "`imagecache serve` with the core's review() swapped for a canned answer (after "
+    "the same json.loads): the server without the decision",
+    "webhook": "`imagecache serve` as shipped",
+}
 CASES = {
     "own": "each cache holds images of its own; one holds the pod's",
     "shared": "every cache also holds the pod's init image (busybox): all are candidates",
@@ -159,6 +176,8 @@ def write_inputs(workdir: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         assert certs_main(["generate", "--out", str(workdir), "--ip", "127.0.0.1"]) == 0
     (workdir / "body.json").write_bytes(review_body())
+    # The load generators fill in @UID@ and @NS@ for each request (WORKLOADS).
+    (workdir / "template.json").write_bytes(review_body("@UID@", "@NS@"))
     (workdir / "caches.yaml").write_text(
         yaml.safe_dump_all(cache_objects(SERVER_CACHES))
     )
@@ -233,6 +252,40 @@ def serve_bare(workdir: Path, port: int, cpu: int | None) -> int:
     return 0
 
 
+def serve_lowlevel(workdir: Path, port: int, cpu: int | None) -> int:
+    """The floor on aiohttp's low-level server (web.Server, no Application or router), which
+    `imagecache serve` uses too: what the webhook's own work costs, with the HTTP stack equal."""
+    _pin(cpu)
+    from aiohttp import web
+
+    from webhook.server.tls import new_context
+
+    answer = json.dumps(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+         "response": {"uid": "0b7e9d4e-1f0c-4c86-9d2b-6f3a0e1c2b3a", "allowed": True}}
+    ).encode()  # fmt: skip
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        if request.raw_path.partition("?")[0] == "/mutate":
+            json.loads(await request.read())
+            return web.Response(body=answer, content_type="application/json")
+        return web.Response(text="ok\n")
+
+    async def run() -> None:
+        context = new_context()
+        context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
+        runner = web.ServerRunner(web.Server(handler, access_log=None), handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -303,13 +356,21 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def run_wrk(
-    url: str, body_file: Path, concurrency: int, duration: int, cpu: int | None
+    url: str, template: Path, workload: str, concurrency: int, duration: int, cpu: int | None
 ) -> dict[str, float]:
-    script = body_file.with_suffix(".lua")
+    script = template.with_name(f"{workload}.lua")
+    namespace = '"ns-" .. n' if workload == "distinct" else '"shop"'
     script.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        f'local f = io.open("{template}", "rb")\nlocal template = f:read("*a")\nf:close()\n'
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        '  local uid = string.format("0b7e9d4e-1f0c-4c86-9d2b-%012x", n)\n'
+        f'  local body = template:gsub("@UID@", uid):gsub("@NS@", {namespace})\n'
+        "  return wrk.format(nil, nil, nil, body)\n"
+        "end\n"
     )
     result = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
@@ -337,10 +398,10 @@ def run_wrk(
 
 
 def run_python_client(
-    url: str, body_file: Path, concurrency: int, duration: int, cpu: int | None
+    url: str, template: Path, workload: str, concurrency: int, duration: int, cpu: int | None
 ) -> dict[str, float]:
     result = subprocess.run(
-        [sys.executable, __file__, "_client", url, str(body_file), str(concurrency),
+        [sys.executable, __file__, "_client", url, str(template), workload, str(concurrency),
          str(duration), "" if cpu is None else str(cpu)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -349,29 +410,38 @@ def run_python_client(
 
 
 def python_client(
-    url: str, body_file: Path, concurrency: int, duration: float, cpu: int | None
+    url: str, template: Path, workload: str, concurrency: int, duration: float, cpu: int | None
 ) -> int:
     """Fallback load generator: aiohttp with a keep-alive pool of `concurrency` connections."""
     _pin(cpu)
     import aiohttp
 
-    body = body_file.read_bytes()
+    head, _, rest = template.read_bytes().partition(b"@UID@")
+    middle, _, tail = rest.partition(b"@NS@")
     latencies: list[float] = []
     errors = 0
+    sent = 0
+
+    def body() -> bytes:
+        nonlocal sent
+        sent += 1
+        namespace = f"ns-{sent}" if workload == "distinct" else "shop"
+        return b"".join([head, f"0b7e9d4e-1f0c-4c86-9d2b-{sent:012x}".encode(), middle,
+                         namespace.encode(), tail])  # fmt: skip
 
     async def worker(session: aiohttp.ClientSession, until: float) -> None:
         nonlocal errors
         while time.perf_counter() < until:
             start = time.perf_counter()
             headers = {"Content-Type": "application/json"}
-            async with session.post(url, data=body, headers=headers) as response:
+            async with session.post(url, data=body(), headers=headers) as response:
                 await response.read()
                 if response.status != 200:
                     errors += 1
             latencies.append(time.perf_counter() - start)
 
     async def main() -> float:
-        context = ssl.create_default_context(cafile=str(body_file.parent / "ca.crt"))
+        context = ssl.create_default_context(cafile=str(template.parent / "ca.crt"))
         connector = aiohttp.TCPConnector(ssl=context, limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             start = time.perf_counter()
@@ -405,9 +475,15 @@ def _per_call(fn: Callable[[], object]) -> float:
 
 def bench_matching(sizes: list[int], cpu: int | None) -> list[dict[str, Any]]:
     _pin(cpu)
+    from webhook.core import review as review_module
     from webhook.core.caches import CacheIndex
     from webhook.core.matching import decide, read_request
-    from webhook.core.review import review
+    from webhook.core.review import ReviewResult, review
+
+    def afresh(body: bytes, index: CacheIndex) -> ReviewResult:
+        """review() deciding, not answering from what it remembers of the same question."""
+        review_module._DECIDED.clear()
+        return review(body, index, now=now)
 
     body = review_body()
     now = datetime(2026, 11, 27, tzinfo=UTC)
@@ -428,7 +504,7 @@ def bench_matching(sizes: list[int], cpu: int | None) -> list[dict[str, Any]]:
                 "caches": size,
                 "case": case,
                 "decide_us": _per_call(partial(decide, POD_IMAGES, "shop", wanted, index, now)),
-                "review_us": _per_call(partial(review, body, index, now=now)),
+                "review_us": _per_call(partial(afresh, body, index)),
             })  # fmt: skip
     return rows
 
@@ -449,6 +525,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per point (median reported)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--distinct-concurrency", type=int, nargs="*", default=[16],
+                        help="where to also run the `distinct` workload (WORKLOADS)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--client", choices=["wrk", "python"], default=None,
                         help="load generator (default: wrk if installed)")  # fmt: skip
@@ -470,34 +548,38 @@ def main(argv: list[str]) -> int:
             write_inputs(workdir)
             servers = {
                 kind: Server(kind, workdir, server_cpu, args.log_level)
-                for kind in ("bare", "shell", "webhook")
+                for kind in KINDS
             }
             try:
                 answer = servers["webhook"].check_answer(workdir)
                 assert answer["response"]["auditAnnotations"]["cache"] == "match", answer
-                samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+                samples: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+                template = workdir / "template.json"
+                points = [("replicas", c) for c in args.concurrency]
+                points += [("distinct", c) for c in args.distinct_concurrency]
                 for server in servers.values():  # warm up
-                    load(server.url, workdir / "body.json", 16, 1, client_cpu)
+                    load(server.url, template, "replicas", 16, 1, client_cpu)
                 for _ in range(args.runs):
-                    for concurrency in args.concurrency:
+                    for workload, concurrency in points:
                         for kind, server in servers.items():
                             cpu = server.cpu_seconds()
                             measured = load(
-                                server.url, workdir / "body.json", concurrency, args.duration,
+                                server.url, template, workload, concurrency, args.duration,
                                 client_cpu,
                             )  # fmt: skip
                             cpu = server.cpu_seconds() - cpu
                             measured["cpu_us"] = cpu / measured.pop("requests") * 1e6
-                            samples.setdefault((kind, concurrency), []).append(measured)
-                            print(f"  {kind:8} c={concurrency:<3} {measured}", file=sys.stderr)
+                            samples.setdefault((workload, kind, concurrency), []).append(measured)
+                            print(f"  {workload:8} {kind:8} c={concurrency:<3} {measured}",
+                                  file=sys.stderr)  # fmt: skip
             finally:
                 for server in servers.values():
                     server.stop()
         serving = []
-        for concurrency in args.concurrency:
-            row: dict[str, Any] = {"concurrency": concurrency}
+        for workload, concurrency in points:
+            row: dict[str, Any] = {"workload": workload, "concurrency": concurrency}
             for kind in servers:
-                runs = samples[(kind, concurrency)]
+                runs = samples[(workload, kind, concurrency)]
                 for key in ("rps", "p50_ms", "p99_ms", "cpu_us"):
                     row[f"{kind}_{key}"] = statistics.median(r[key] for r in runs)
             row["ratio"] = row["webhook_rps"] / row["bare_rps"]
@@ -507,32 +589,33 @@ def main(argv: list[str]) -> int:
         load_after = os.getloadavg()
         results["loadavg"] = [load_before, load_after]
         print(f"\nServing ({client}, {args.runs} runs x {args.duration:g} s, medians; "
-              f"server on CPU {server_cpu}, load on CPU {client_cpu}, {SERVER_CACHES} caches "
+              f"servers on CPU {server_cpu}, load on CPU {client_cpu}, {SERVER_CACHES} caches "
               f"in the index, --log-level {args.log_level}; load average "
-              f"{load_before[0]:.2f} before, {load_after[0]:.2f} after). bare: parse + fixed "
-              "answer; shell: imagecache serve with a canned decision; webhook: imagecache "
-              "serve\n")
-        print("| concurrency | bare req/s | shell req/s (of bare) | webhook req/s (of bare) "
-              "| bare p50 / p99 ms | shell p50 / p99 ms | webhook p50 / p99 ms |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+              f"{load_before[0]:.2f} before, {load_after[0]:.2f} after).\n")
+        for kind, text in KINDS.items():
+            print(f"- {kind}: {text}")
+        for workload, text in WORKLOADS.items():
+            print(f"- workload {workload}: {text}")
+        print("\n| workload | concurrency | bare req/s | webhook req/s | webhook / bare "
+              "| webhook / lowlevel | shell / bare | bare p50 / p99 ms "
+              "| webhook p50 / p99 ms |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in serving:
-            latencies = [
-                f"{row[k + '_p50_ms']:.2f} / {row[k + '_p99_ms']:.2f}"
-                for k in ("bare", "shell", "webhook")
-            ]
-            print(
-                f"| {row['concurrency']} | {row['bare_rps']:.0f} "
-                f"| {row['shell_rps']:.0f} ({row['shell_ratio']:.0%}) "
-                f"| {row['webhook_rps']:.0f} ({row['ratio']:.0%}) | " + " | ".join(latencies) + " |"
-            )
-        print("\nServer CPU per request (µs, from /proc: user + system, whatever the load "
-              "on the machine; the throughput ratio it implies is bare / webhook)\n")
-        print("| concurrency | bare | shell | webhook | webhook - bare | bare / webhook |")
-        print("|---:|---:|---:|---:|---:|---:|")
+            print(f"| {row['workload']} | {row['concurrency']} | {row['bare_rps']:.0f} "
+                  f"| {row['webhook_rps']:.0f} | **{row['ratio']:.0%}** "
+                  f"| {row['webhook_rps'] / row['lowlevel_rps']:.0%} "
+                  f"| {row['shell_ratio']:.0%} "
+                  f"| {row['bare_p50_ms']:.2f} / {row['bare_p99_ms']:.2f} "
+                  f"| {row['webhook_p50_ms']:.2f} / {row['webhook_p99_ms']:.2f} |")
+        print("\nServer CPU per request (µs, from /proc: user + system; other load on the "
+              "machine disturbs it less than throughput)\n")
+        print("| workload | concurrency | bare | lowlevel | shell | webhook | webhook - bare "
+              "| bare / webhook |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in serving:
-            bare, shell, hook = (row[k + "_cpu_us"] for k in ("bare", "shell", "webhook"))
-            print(f"| {row['concurrency']} | {bare:.1f} | {shell:.1f} | {hook:.1f} "
-                  f"| {hook - bare:.1f} | {bare / hook:.0%} |")  # fmt: skip
+            bare, low, shell, hook = (row[k + "_cpu_us"] for k in KINDS)
+            print(f"| {row['workload']} | {row['concurrency']} | {bare:.1f} | {low:.1f} "
+                  f"| {shell:.1f} | {hook:.1f} | {hook - bare:.1f} | {bare / hook:.0%} |")
 
     if not args.skip_matching:
         rows = bench_matching(args.sizes, client_cpu)
@@ -540,7 +623,7 @@ def main(argv: list[str]) -> int:
         print("\nMatching (one call, best of 5 repeats; µs). Cases: "
               + "; ".join(f"{case}: {text}" for case, text in CASES.items()) + "\n")
         print("| caches | " + " | ".join(f"decide, {c}" for c in CASES) + " | "
-              + " | ".join(f"review(), {c}" for c in CASES) + " |")
+              + " | ".join(f"review() afresh, {c}" for c in CASES) + " |")
         print("|---:|" + "---:|" * (2 * len(CASES)))
         by = {(r["caches"], r["case"]): r for r in rows}
         for size in args.sizes:
@@ -561,9 +644,12 @@ if __name__ == "__main__":
             sys.exit(serve_webhook(Path(rest[0]), int(rest[1]), cpu, rest[2]))
         if command == "_serve-shell":
             sys.exit(serve_shell(Path(rest[0]), int(rest[1]), cpu, rest[2]))
+        if command == "_serve-lowlevel":
+            sys.exit(serve_lowlevel(Path(rest[0]), int(rest[1]), cpu))
         if command == "_serve-bare":
             sys.exit(serve_bare(Path(rest[0]), int(rest[1]), cpu))
         if command == "_client":
-            sys.exit(python_client(rest[0], Path(rest[1]), int(rest[2]), float(rest[3]), cpu))
+            sys.exit(python_client(rest[0], Path(rest[1]), rest[2], int(rest[3]), float(rest[4]),
+                                   cpu))  # fmt: skip
         raise SystemExit(f"unknown internal command {command}")
     sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ field the user wrote is never replaced (an RFC 6902 `add` on an existing member 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -174,5 +175,11 @@ def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
 def encoded_patch(facts: PodFacts, decision: Decision) -> str:
     """The patch as the AdmissionReview's `patch` field (base64 of the JSON), "" when there
     is nothing to add."""
-    ops = _ops(patch_input(facts, decision))
+    return _encoded(patch_input(facts, decision))
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(given: PatchInput) -> str:
+    # Encoded once per distinct input: the pods of one template in many namespaces share it.
+    ops = _ops(given)
     return base64.b64encode(json.dumps(ops).encode()).decode() if ops else ""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal, NamedTuple
@@ -44,6 +43,9 @@ class ReviewResult(NamedTuple):
     pod: str | None = None
     dry_run: bool | None = None  # None: not a pod CREATE
     error: str | None = None
+    # The pod opted in and is left without its cache, or its author is warned: the answers
+    # to "why did my pod not get a cache" (a plain hit is not).
+    notable: bool = False
 
     @property
     def body(self) -> dict[str, Any]:
@@ -103,9 +105,11 @@ class _Decided(NamedTuple):
     """The answer to one distinct question, but for its uid."""
 
     outcome: ReviewOutcome
+    decision: str | None  # detail.outcome
     detail: Decision | None
     head: bytes
     tail: bytes
+    notable: bool  # see ReviewResult
     since: datetime  # decided at (a clock set back decides again)
     until: datetime | None  # when the chosen cache expires: decide again from then on
 
@@ -113,68 +117,61 @@ class _Decided(NamedTuple):
 _DECIDED: dict[tuple[object, ...], _Decided] = {}
 
 
-def _parse(body: bytes) -> Mapping[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise BadReview(f"request body is {len(body)} bytes, over the limit of {MAX_BODY_BYTES}")
-    try:
-        review_obj = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadReview(f"request body is not JSON: {str(exc)[:200]}") from None
-    if not isinstance(review_obj, dict):
-        raise BadReview(
-            "the request body (an AdmissionReview) must be an object, not "
-            f"{type(review_obj).__name__}"
-        )
-    if review_obj.get("kind") != "AdmissionReview":
-        raise BadReview(f"kind must be AdmissionReview, not {str(review_obj.get('kind'))[:100]!r}")
-    if review_obj.get("apiVersion") not in API_VERSIONS:
-        raise BadReview(
-            f"apiVersion {str(review_obj.get('apiVersion'))[:100]!r} is not one of "
-            f"{', '.join(API_VERSIONS)}"
-        )
-    return review_obj
-
-
 def review(
     body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool = False
 ) -> ReviewResult:
     """Answer one AdmissionReview request body."""
     try:
-        return _review(body, index, now=now, default_auto=default_auto)
+        if len(body) > MAX_BODY_BYTES:
+            raise BadReview(
+                f"request body is {len(body)} bytes, over the limit of {MAX_BODY_BYTES}"
+            )
+        try:
+            review_obj = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadReview(f"request body is not JSON: {str(exc)[:200]}") from None
+        if type(review_obj) is not dict:
+            raise BadReview(
+                "the request body (an AdmissionReview) must be an object, not "
+                f"{type(review_obj).__name__}"
+            )
+        api_version = review_obj.get("apiVersion")
+        if review_obj.get("kind") != "AdmissionReview":
+            got = str(review_obj.get("kind"))[:100]
+            raise BadReview(f"kind must be AdmissionReview, not {got!r}")
+        if api_version not in API_VERSIONS:
+            raise BadReview(
+                f"apiVersion {str(api_version)[:100]!r} is not one of {', '.join(API_VERSIONS)}"
+            )
+        request = review_obj.get("request")
+        if type(request) is not dict:
+            raise BadReview(f"request {'is missing' if request is None else 'must be an object'}")
+        uid = request.get("uid")
+        if type(uid) is not str or not uid:
+            raise BadReview("request.uid must be a non-empty string")
+        uid_json = encode_basestring_ascii(uid).encode()
+        kind = request.get("kind")
+        if kind is None:
+            kind = {}
+        elif type(kind) is not dict:
+            raise BadReview(f"request.kind must be an object, not {type(kind).__name__}")
+        namespace = request.get("namespace")
+        operation = request.get("operation")
+        if (
+            kind.get("group", "") != ""
+            or kind.get("kind") != "Pod"
+            or operation != "CREATE"
+            or request.get("subResource")
+        ):
+            head, tail = _answer_around_uid(api_version)
+            return ReviewResult(200, head + uid_json + tail, "ignored", None, None, uid,
+                                namespace, operation)  # fmt: skip
+
+        facts, pod_name, pod_namespace = read_pod(request.get("object"))
     except BadReview as exc:
         error = str(exc)
         return ReviewResult(400, _encode({"error": error}).encode(), "invalid", error=error)
 
-
-def _review(body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool) -> ReviewResult:
-    review_obj = _parse(body)
-    api_version: str = review_obj["apiVersion"]
-    request = review_obj.get("request")
-    if not isinstance(request, dict):
-        problem = "is missing" if request is None else "must be an object"
-        raise BadReview(f"request {problem}")
-    uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise BadReview("request.uid must be a non-empty string")
-    uid_json = encode_basestring_ascii(uid).encode()
-    kind = request.get("kind")
-    if kind is None:
-        kind = {}
-    elif not isinstance(kind, dict):
-        raise BadReview(f"request.kind must be an object, not {type(kind).__name__}")
-    namespace = request.get("namespace")
-    operation = request.get("operation")
-    if (
-        kind.get("group", "") != ""
-        or kind.get("kind") != "Pod"
-        or operation != "CREATE"
-        or request.get("subResource")
-    ):
-        head, tail = _answer_around_uid(api_version)
-        return ReviewResult(200, head + uid_json + tail, "ignored", None, None, uid,
-                            namespace, operation)  # fmt: skip
-
-    facts, pod_name, pod_namespace = read_pod(request.get("object"))
     if type(namespace) is not str or not namespace:
         namespace = pod_namespace or "default"
     key = (index.version, api_version, default_auto, namespace, facts)
@@ -186,13 +183,15 @@ def _review(body: bytes, index: CacheIndex, *, now: datetime, default_auto: bool
     ):
         decided = _decide(api_version, default_auto, namespace, facts, index, now)
         if len(_DECIDED) >= DECIDED_KEPT:
-            del _DECIDED[next(iter(_DECIDED))]  # the oldest
+            # Start over: cheaper than evicting one by one (deleting a dict's oldest keys
+            # makes finding the next oldest slower and slower), and what matters is re-learnt
+            # at the first request of each workload.
+            _DECIDED.clear()
         _DECIDED[key] = decided
-    detail = decided.detail
     return ReviewResult(
-        200, decided.head + uid_json + decided.tail, decided.outcome,
-        detail.outcome if detail else None, detail, uid, namespace, operation, pod_name,
-        bool(request.get("dryRun")),
+        200, decided.head + uid_json + decided.tail, decided.outcome, decided.decision,
+        decided.detail, uid, namespace, operation, pod_name, request.get("dryRun") is True, None,
+        decided.notable,
     )  # fmt: skip
 
 
@@ -204,16 +203,17 @@ def _decide(
     index: CacheIndex,
     now: datetime,
 ) -> _Decided:
+    plain = _answer_around_uid(api_version)  # allowed, nothing else
     if facts.mirror:
         # A static pod's API copy: the kubelet runs it from a file and never reads this object.
-        return _Decided("ignored", None, *_answer_around_uid(api_version), now, None)
+        return _Decided("ignored", None, None, *plain, False, now, None)
     if facts.decided:
         # Decided already (reinvocation, or a pod copied from a decided one): idempotent.
-        return _Decided("unchanged", None, *_answer_around_uid(api_version), now, None)
+        return _Decided("unchanged", None, None, *plain, False, now, None)
     wanted = read_request(facts.option_annotations(), namespace_auto=default_auto)
     decision = decide(facts.images, namespace, wanted, index, now)
     if decision.outcome is None:
-        return _Decided("ignored", decision, *_answer_around_uid(api_version), now, None)
+        return _Decided("ignored", None, decision, *plain, False, now, None)
     # Time only makes caches unusable (expiry): those passed over stay so, and the decision
     # holds while the chosen one lasts (even when the pod cannot take it, below).
     until = decision.cache.expire_time if decision.cache is not None else None
@@ -227,10 +227,12 @@ def _decide(
     )
     if decision.cache is not None:
         audit += (("cache", decision.cache.name),)
+    notable = decision.outcome != "hit" or bool(decision.warnings)
     denied = decision.denied
     if denied:
         parts = _answer_around_uid(api_version, audit, decision.warnings, denied)
-        return _Decided("denied", decision, *parts, now, until)
+        return _Decided("denied", decision.outcome, decision, *parts, notable, now, until)
     patch = encoded_patch(facts, decision)
     parts = _answer_around_uid(api_version, audit, decision.warnings, None, patch)
-    return _Decided("patched" if patch else "unchanged", decision, *parts, now, until)
+    outcome: ReviewOutcome = "patched" if patch else "unchanged"
+    return _Decided(outcome, decision.outcome, decision, *parts, notable, now, until)

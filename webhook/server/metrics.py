@@ -3,7 +3,8 @@ so two servers in one process, as in the tests, never collide)."""
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -29,21 +30,22 @@ class Admissions(Collector):
     /metrics all run on the event loop thread), which prometheus_client's Counter and
     Histogram would take on every request."""
 
+    __slots__ = ("answered", "buckets", "decided", "seconds")
+
     def __init__(self) -> None:
-        self.answered = dict.fromkeys(OUTCOMES, 0)
-        self.decided = dict.fromkeys(DECISIONS, 0)
+        # defaultdicts: an outcome or decision the core adds later is counted too.
+        self.answered: defaultdict[str, int] = defaultdict(int, dict.fromkeys(OUTCOMES, 0))
+        self.decided: defaultdict[str, int] = defaultdict(int, dict.fromkeys(DECISIONS, 0))
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one: over 2.5 s
         self.seconds = 0.0
 
     def admitted(self, outcome: str, decision: str | None, seconds: float) -> None:
         """One admission answer: its outcome, its cache decision (if any) and its duration."""
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.seconds += seconds
-        answered = self.answered
-        answered[outcome] = answered.get(outcome, 0) + 1  # an outcome added later counts too
+        self.answered[outcome] += 1
         if decision is not None:
-            decided = self.decided
-            decided[decision] = decided.get(decision, 0) + 1
+            self.decided[decision] += 1
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -102,8 +104,7 @@ class Metrics:
 
     def answered(self, outcome: str) -> None:
         """An admission request refused before review (wrong content type, body too big)."""
-        answered = self.admissions.answered
-        answered[outcome] = answered.get(outcome, 0) + 1
+        self.admissions.answered[outcome] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

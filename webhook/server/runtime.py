@@ -18,7 +18,7 @@ from aiohttp import web
 
 from webhook.kube.client import Kube
 from webhook.kube.informer import WatchOptions
-from webhook.server.app import State, make_app
+from webhook.server.app import State, make_server
 from webhook.server.cache_file import CacheFile
 from webhook.server.cluster import watch_caches
 from webhook.server.logs import log
@@ -26,6 +26,7 @@ from webhook.server.metrics import Metrics
 from webhook.server.tls import TlsReloader
 
 DRAIN_GRACE = 0.3  # seconds
+DRAIN_POLL = 0.01  # seconds between looks at the requests still in flight
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Webhook:
         )
         self.addresses: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._kube: Kube | None = None
 
     def replace(self, objects: list[Mapping[str, Any]]) -> None:
@@ -93,9 +94,9 @@ class Webhook:
                 ),
             )
         self._spawn("tls-reload", self.tls.run(opts.reload_interval))
-        app = make_app(self.state, self.metrics, self.logger)
-        runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=opts.shutdown_timeout
+        server = make_server(self.state, self.metrics, self.logger)
+        runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=opts.shutdown_timeout
         )
         await runner.setup()
         self._runner = runner
@@ -110,7 +111,7 @@ class Webhook:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    async def _drain(self, runner: web.AppRunner) -> None:
+    async def _drain(self, runner: web.ServerRunner) -> None:
         # aiohttp's own graceful shutdown ignores bytes that arrive after it starts, so a
         # request whose body is still on its way would be cut off. Close the listener first,
         # let running handlers (and their bodies) finish, then close the connections.
@@ -121,13 +122,14 @@ class Webhook:
         timeout = self.options.shutdown_timeout
         grace = min(DRAIN_GRACE, timeout)
         await asyncio.sleep(grace)
-        if self.state.in_flight > 0:
-            try:
-                async with asyncio.timeout(timeout - grace):
-                    await self.state.idle.wait()
-            except TimeoutError:
+        # Polled, not signalled: the request path only counts (see app.Admission).
+        deadline = asyncio.get_running_loop().time() + timeout - grace
+        while self.state.in_flight > 0:
+            if asyncio.get_running_loop().time() >= deadline:
                 log(self.logger, logging.WARNING, "shutdown timeout: cutting requests in flight",
                     requests=self.state.in_flight)  # fmt: skip
+                break
+            await asyncio.sleep(DRAIN_POLL)
         await runner.cleanup()
 
     async def stop(self) -> None:
