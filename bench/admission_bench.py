@@ -223,17 +223,27 @@ def serve_shell(workdir: Path, port: int, cpu: int | None, log_level: str = "inf
     return serve_webhook(workdir, port, cpu, log_level)
 
 
+FIXED_ANSWER = json.dumps(
+    {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+     "response": {"uid": UID, "allowed": True}}
+).encode()  # fmt: skip
+
+
+def peer_context(workdir: Path) -> ssl.SSLContext:
+    """The webhook's TLS settings, for the peers."""
+    from webhook.server.tls import new_context
+
+    context = new_context()
+    context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
+    return context
+
+
 def serve_bare(workdir: Path, port: int, cpu: int | None) -> int:
     """The floor: same TLS settings, parse the body as JSON, answer a fixed review."""
     _pin(cpu)
     from aiohttp import web
 
-    from webhook.server.tls import new_context
-
-    answer = json.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-         "response": {"uid": "0b7e9d4e-1f0c-4c86-9d2b-6f3a0e1c2b3a", "allowed": True}}
-    ).encode()  # fmt: skip
+    answer = FIXED_ANSWER
 
     async def mutate(request: web.Request) -> web.Response:
         json.loads(await request.read())
@@ -242,8 +252,7 @@ def serve_bare(workdir: Path, port: int, cpu: int | None) -> int:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    context = new_context()
-    context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
+    context = peer_context(workdir)
     app = web.Application()
     app.router.add_post("/mutate", mutate)
     app.router.add_get("/readyz", healthz)
@@ -258,12 +267,7 @@ def serve_lowlevel(workdir: Path, port: int, cpu: int | None) -> int:
     _pin(cpu)
     from aiohttp import web
 
-    from webhook.server.tls import new_context
-
-    answer = json.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-         "response": {"uid": "0b7e9d4e-1f0c-4c86-9d2b-6f3a0e1c2b3a", "allowed": True}}
-    ).encode()  # fmt: skip
+    answer = FIXED_ANSWER
 
     async def handler(request: web.BaseRequest) -> web.Response:
         if request.raw_path.partition("?")[0] == "/mutate":
@@ -272,8 +276,7 @@ def serve_lowlevel(workdir: Path, port: int, cpu: int | None) -> int:
         return web.Response(text="ok\n")
 
     async def run() -> None:
-        context = new_context()
-        context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
+        context = peer_context(workdir)
         runner = web.ServerRunner(web.Server(handler, access_log=None), handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
