@@ -11,11 +11,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import webhook.core.review as review_module
 from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
 from webhook.core.imageref import parse
 from webhook.core.matching import REJECTED_LOGGED, Decision, Rejected, decide, read_request
-import webhook.core.review as review_module
 from webhook.core.review import review
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
