@@ -148,7 +148,7 @@ def test_conflicts(
     volumes: list[dict[str, Any]], mounts: list[dict[str, Any]] | None, problem: str | None
 ) -> None:
     p = pod(["nginx:1.25"], annotations=dict(AUTO), volumes=volumes, mounts=mounts)
-    found = conflict(read_pod(p)[0])
+    found = conflict(read_pod(p))
     assert (found is None) if problem is None else (problem in str(found))
 
 

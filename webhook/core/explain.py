@@ -12,7 +12,7 @@ from webhook.core.imageref import InvalidReference, parse
 from webhook.core.matching import decide, read_request
 from webhook.core.names import DECISION
 from webhook.core.patch import build_patch, conflict
-from webhook.core.pod_facts import read_pod
+from webhook.core.pod_facts import pod_name, read_pod
 
 WORKLOAD_KINDS = (
     "Deployment",
@@ -55,7 +55,8 @@ def explain(
     namespace_auto: bool = False,
 ) -> str:
     """Explain what the webhook would do with `pod` given the caches in `index`."""
-    facts, name, _ = read_pod(pod, "the pod")
+    facts = read_pod(pod, "the pod")
+    name = pod_name(pod)
     images = facts.images
     lines = [
         f"Pod {name or '(unnamed)'} "

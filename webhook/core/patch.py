@@ -169,7 +169,7 @@ def _ops(given: PatchInput) -> list[Op]:
 
 def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
     """The operations that record `decision` on `pod` and, on a hit or mismatch, add the cache."""
-    return _ops(patch_input(read_pod(pod, "the pod")[0], decision))
+    return _ops(patch_input(read_pod(pod, "the pod"), decision))
 
 
 def encoded_patch(facts: PodFacts, decision: Decision) -> str:

@@ -73,11 +73,23 @@ _MIRROR_POD, _DECISION, _CACHE, _MISSING = (
 _VOLUME, _MOUNT_PATH = names.VOLUME_NAME, names.MOUNT_PATH
 
 
-def read_pod(pod: object, at: str = "request.object") -> tuple[PodFacts, str | None, str | None]:
-    """The facts of `pod`, its name (or generateName) and its metadata.namespace; `at` names
-    the pod in errors. What the decision reads is checked as it is read (the annotations'
-    values, the volumes up to ours, each container's image, the first one's mounts), and the
-    messages are built only when raising."""
+def pod_namespace(pod: Mapping[str, Any]) -> str:
+    """metadata.namespace of a pod `read_pod` accepted, else "default"."""
+    namespace = (pod.get("metadata") or {}).get("namespace")
+    return namespace if isinstance(namespace, str) and namespace else "default"
+
+
+def pod_name(pod: Mapping[str, Any]) -> str | None:
+    """metadata.name of a pod `read_pod` accepted, else its generateName."""
+    meta = pod.get("metadata") or {}
+    name = meta.get("name") or meta.get("generateName")
+    return name if isinstance(name, str) else None
+
+
+def read_pod(pod: object, at: str = "request.object") -> PodFacts:
+    """The facts of `pod`; `at` names the pod in errors. What the decision reads is checked
+    as it is read (the annotations' values, the volumes up to ours, each container's image,
+    the first one's mounts), and the messages are built only when raising."""
     if type(pod) is not dict:
         raise BadReview(f"{at} {_not_object(pod)}")
     meta = pod.get("metadata")
@@ -169,14 +181,7 @@ def read_pod(pod: object, at: str = "request.object") -> tuple[PodFacts, str | N
                 elif item.get("mountPath") == _MOUNT_PATH:
                     mount_taken = True
 
-    name = meta.get("name") or meta.get("generateName")
-    namespace = meta.get("namespace")
-    facts = PodFacts(
+    return PodFacts(
         has_metadata, options, mirror, decided, ours, our_labels, tuple(images), first_name,
         volume, volume_ours, mount, mount_taken,
     )  # fmt: skip
-    return (
-        facts,
-        name if type(name) is str else None,
-        namespace if type(namespace) is str and namespace else None,
-    )

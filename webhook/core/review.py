@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal, NamedTuple
@@ -20,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
 from webhook.core.patch import conflict, encoded_patch
-from webhook.core.pod_facts import BadReview, PodFacts, read_pod
+from webhook.core.pod_facts import BadReview, PodFacts, pod_name, pod_namespace, read_pod
 
 __all__ = ["MAX_BODY_BYTES", "BadReview", "ReviewResult", "review"]
 
@@ -37,15 +38,12 @@ class ReviewResult(NamedTuple):
     outcome: ReviewOutcome
     decision: str | None = None  # hit, mismatch, miss, unavailable
     detail: Decision | None = None
-    uid: str | None = None
-    namespace: object = None
-    operation: object = None
-    pod: str | None = None
-    dry_run: bool | None = None  # None: not a pod CREATE
-    error: str | None = None
     # The pod opted in and is left without its cache, or its author is warned: the answers
     # to "why did my pod not get a cache" (a plain hit is not).
     notable: bool = False
+    request: Mapping[str, Any] | None = None  # the review's request (None: not a review)
+    namespace: str | None = None  # the pod's, as decided; None: not a pod CREATE
+    error: str | None = None
 
     @property
     def body(self) -> dict[str, Any]:
@@ -54,16 +52,18 @@ class ReviewResult(NamedTuple):
         return body
 
     def log_fields(self) -> dict[str, Any]:
-        """The fields of the structured log line for this answer."""
-        if self.error is not None:
+        """The fields of the structured log line for this answer (read from the request only
+        when a line is written)."""
+        request = self.request
+        if request is None:
             return {"error": self.error}
         fields: dict[str, Any] = {
-            "uid": self.uid,
-            "namespace": self.namespace,
-            "operation": self.operation,
+            "uid": request.get("uid"),
+            "namespace": self.namespace or request.get("namespace"),
+            "operation": request.get("operation"),
         }
-        if self.dry_run is not None:
-            fields.update(pod=self.pod, dry_run=self.dry_run)
+        if self.namespace is not None:
+            fields.update(pod=pod_name(request["object"]), dry_run=request.get("dryRun") is True)
         detail = self.detail
         if detail is not None and detail.outcome is not None:
             fields.update(
@@ -156,24 +156,23 @@ def review(
         elif type(kind) is not dict:
             raise BadReview(f"request.kind must be an object, not {type(kind).__name__}")
         namespace = request.get("namespace")
-        operation = request.get("operation")
         if (
             kind.get("group", "") != ""
             or kind.get("kind") != "Pod"
-            or operation != "CREATE"
+            or request.get("operation") != "CREATE"
             or request.get("subResource")
         ):
             head, tail = _answer_around_uid(api_version)
-            return ReviewResult(200, head + uid_json + tail, "ignored", None, None, uid,
-                                namespace, operation)  # fmt: skip
+            return ReviewResult(200, head + uid_json + tail, "ignored", request=request)
 
-        facts, pod_name, pod_namespace = read_pod(request.get("object"))
+        pod: Any = request.get("object")  # a dict once read_pod accepts it
+        facts = read_pod(pod)
     except BadReview as exc:
         error = str(exc)
         return ReviewResult(400, _encode({"error": error}).encode(), "invalid", error=error)
 
     if type(namespace) is not str or not namespace:
-        namespace = pod_namespace or "default"
+        namespace = pod_namespace(pod)
     key = (index.version, api_version, default_auto, namespace, facts)
     decided = _DECIDED.get(key)
     if (
@@ -190,8 +189,7 @@ def review(
         _DECIDED[key] = decided
     return ReviewResult(
         200, decided.head + uid_json + decided.tail, decided.outcome, decided.decision,
-        decided.detail, uid, namespace, operation, pod_name, request.get("dryRun") is True, None,
-        decided.notable,
+        decided.detail, decided.notable, request, namespace,
     )  # fmt: skip
 
 
