@@ -71,44 +71,32 @@ class Admission:
         async def handler(request: web.BaseRequest) -> web.Response:
             state.in_flight += 1
             try:
-                content_type = request.headers.get("Content-Type")
-                if content_type != JSON and not _json_content_type(content_type or ""):
-                    response = self._refused(
-                        415, f"Content-Type must be application/json, not {content_type!r}"
-                    )
-                else:
-                    length = request.headers.get("Content-Length")  # checked by the parser
+                response = self._refusal(request)
+                if response is None:
                     try:
-                        if length is not None and int(length) > MAX_BODY_BYTES:
-                            # Refused before reading a byte of it.
-                            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, int(length))
-                        # client_max_size stops a chunked body one byte past the limit.
                         body = await request.read()
-                    except web.HTTPRequestEntityTooLarge:
-                        size = f"{length} bytes, " if length is not None else ""
-                        response = self._refused(
-                            413, f"request body is {size}over the limit of {MAX_BODY_BYTES} bytes"
-                        )
+                    except web.HTTPRequestEntityTooLarge:  # a chunked body past the limit
+                        response = self._too_large(None)
+                if response is None:
+                    started = time.perf_counter()
+                    result = review(body, state.index, now=datetime.now(UTC),
+                                    default_auto=default_auto)  # fmt: skip
+                    response = web.Response(
+                        body=result.answer, status=result.status, content_type=JSON
+                    )
+                    elapsed = time.perf_counter() - started
+                    admitted(result.outcome, result.decision, elapsed)
+                    # warning: not a review; info: a pod left without its cache, or warned;
+                    # debug: the rest (plain hits are on the pod, in the audit log and in
+                    # the metrics already).
+                    if result.status != 200:
+                        level = logging.WARNING
                     else:
-                        started = time.perf_counter()
-                        result = review(body, state.index, now=datetime.now(UTC),
-                                        default_auto=default_auto)  # fmt: skip
-                        response = web.Response(
-                            body=result.answer, status=result.status, content_type=JSON
-                        )
-                        elapsed = time.perf_counter() - started
-                        admitted(result.outcome, result.decision, elapsed)
-                        # warning: not a review; info: a pod left without its cache, or
-                        # warned; debug: the rest (plain hits are on the pod, in the audit
-                        # log and in the metrics already).
-                        if result.status != 200:
-                            level = logging.WARNING
-                        else:
-                            level = logging.INFO if result.notable else logging.DEBUG
-                        if logger.isEnabledFor(level):
-                            log(logger, level, "admission", path=path, status=result.status,
-                                outcome=result.outcome, duration_ms=round(elapsed * 1000, 3),
-                                **result.log_fields())  # fmt: skip
+                        level = logging.INFO if result.notable else logging.DEBUG
+                    if logger.isEnabledFor(level):
+                        log(logger, level, "admission", path=path, status=result.status,
+                            outcome=result.outcome, duration_ms=round(elapsed * 1000, 3),
+                            **result.log_fields())  # fmt: skip
             except Exception as exc:  # last resort: the apiserver gets JSON, the log the reason
                 self.metrics.answered("error")
                 logger.exception("admission handler failed", extra={"fields": {"path": path}})
@@ -123,6 +111,23 @@ class Admission:
             return response
 
         return handler
+
+    def _refusal(self, request: web.BaseRequest) -> web.Response | None:
+        """415 for a body that is not JSON, 413 for one whose Content-Length is over the
+        limit (before reading a byte of it), None for a body to read."""
+        content_type = request.headers.get("Content-Type", "")
+        if not _json_content_type(content_type):
+            return self._refused(
+                415, f"Content-Type must be application/json, not {content_type!r}"
+            )
+        length = request.headers.get("Content-Length")  # a number: the parser checked it
+        if length is not None and int(length) > MAX_BODY_BYTES:
+            return self._too_large(length)
+        return None
+
+    def _too_large(self, length: str | None) -> web.Response:
+        size = f"{length} bytes, " if length is not None else ""
+        return self._refused(413, f"request body is {size}over the limit of {MAX_BODY_BYTES} bytes")
 
     def _refused(self, status: int, message: str) -> web.Response:
         self.metrics.answered("invalid")
