@@ -123,6 +123,11 @@ class ControllerProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
             return self.popen.wait(5)
 
+    def send(self, sig: int) -> None:
+        """Send `sig` (e.g. SIGSTOP, SIGCONT) to the process group, without waiting."""
+        assert self.popen is not None and self.popen.poll() is None, self.tail()
+        os.killpg(self.popen.pid, sig)
+
     def tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
