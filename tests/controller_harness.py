@@ -170,6 +170,18 @@ class Cluster:
                 }
             )
 
+    async def pull_secret(self, namespace: str, name: str = "regcred") -> None:
+        """A kubernetes.io/dockerconfigjson Secret for registry.example."""
+        await self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {".dockerconfigjson": dockerconfig("registry.example", "u", "p")},
+            }
+        )
+
     async def cache(self, name: str, spec: dict[str, Any], selector: str) -> dict[str, Any]:
         key, _, value = selector.partition("=")
         return await self.kube.create(
