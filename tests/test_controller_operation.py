@@ -189,7 +189,11 @@ async def test_healthz_metrics_and_bad_arguments(
                 return None
 
         assert await eventually(healthz, "/healthz") == 200
-        assert await eventually(lambda: metric(process, "imagecache_leader"), "leader") == 1.0
+
+        async def leading() -> bool:  # 0.0 until the Lease is ours: wait for 1, not for any
+            return await metric(process, "imagecache_leader") == 1.0
+
+        await eventually(leading, "leader")
         ready = await eventually(
             lambda: metric(process, 'imagecache_caches{phase="Ready"}'), "phase gauge"
         )
