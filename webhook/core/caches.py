@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from webhook.core import names
+from webhook.core.cache_namespaces import usable_namespaces
 from webhook.core.imageref import ImageRef, InvalidReference, parse
 from webhook.core.quantity import GIB, InvalidQuantity, parse_bytes
 
@@ -163,14 +164,7 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
             size_bytes = parse_bytes(restore_size)
         except InvalidQuantity:
             restore_size = None
-    namespaces: frozenset[str] | None = None
-    if isinstance(spec.get("namespaces"), list) and spec["namespaces"]:
-        namespaces = frozenset(_str_list(spec["namespaces"]))
-    elif spec.get("imagePullSecrets"):
-        # Images pulled with a secret stay with the namespaces that hold that secret.
-        namespaces = frozenset(
-            s.partition("/")[0] for s in _str_list(spec["imagePullSecrets"]) if "/" in s
-        )
+    namespaces = usable_namespaces(spec)
     # status.storageClassName is the class the controller really used (its default included).
     storage_class = status.get("storageClassName") or spec.get("storageClassName")
     return CacheView(
