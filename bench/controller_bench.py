@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -307,15 +308,23 @@ async def controller_memory(kubeconfig: str, tester: Kube, pods: int, used: int,
             "--snapshot-class", "bench", "--listen", f"127.0.0.1:{port}",
             "--identity", "bench-rss", "--log-level", "WARNING"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=subprocess.DEVNULL)
+    log = Path(tempfile.mkdtemp(prefix="controller-bench-")) / "controller.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=out)
     start = time.monotonic()
+    rss = peak = 0.0
     try:
         # Wait until the controller has listed every pod and written the Event of each new
         # one (the older pods' Events exist: 409, not counted), then for its memory to settle.
         while (await _metric(port, "imagecache_pod_events_total") or 0) < pods:
             await asyncio.sleep(1)
             if process.returncode is not None:
-                raise RuntimeError(f"the controller exited with {process.returncode}")
+                raise RuntimeError(
+                    f"the controller exited with {process.returncode} after {rss:.0f} MiB "
+                    f"resident (peak {peak:.0f} MiB); its log: {log}"
+                )
+            with contextlib.suppress(OSError, KeyError):  # gone meanwhile: the check above
+                rss, peak = memory_of(process.pid)
         await asyncio.sleep(3)
         settled = time.monotonic() - start
         rss, peak = memory_of(process.pid)
@@ -326,9 +335,11 @@ async def controller_memory(kubeconfig: str, tester: Kube, pods: int, used: int,
             "controller_rss_mib": round(rss, 1),
             "controller_peak_rss_mib": round(peak, 1),
             "controller_api_requests": await _metric(port, "imagecache_api_requests_total"),
+            "controller_log": str(log),
         }
     finally:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         try:
             await asyncio.wait_for(process.wait(), 15)
         except TimeoutError:
