@@ -38,7 +38,7 @@ def webhook(apiserver: ControlPlane, tmp_path: Path) -> Iterator[tuple[Webhook, 
     """`imagecache serve` registered for the namespaces labelled with this test's id only."""
     hook = Webhook(apiserver, tmp_path)
     hook.start()
-    run = uuid.uuid4().hex[:6]
+    run = f"r{uuid.uuid4().hex[:6]}"  # a letter first: YAML reads "868e59" as a float
     name = f"imagecache-e2e-{run}"
     ca = base64.b64encode((hook.certs / "ca.crt").read_bytes()).decode()
     apiserver.apply(

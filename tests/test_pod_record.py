@@ -29,7 +29,28 @@ POD: dict[str, Any] = {
         "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
         "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f", "uid": "r"}],
     },
-    "spec": {"containers": [{"name": "web", "image": "nginx", "env": [{"name": "A"}] * 20}]},
+    "spec": {
+        "containers": [{"name": "web", "image": "nginx", "env": [{"name": "A"}] * 20}],
+        "volumes": [
+            {"name": "data", "emptyDir": {}},
+            {
+                "name": "imagecache",
+                "ephemeral": {
+                    "volumeClaimTemplate": {
+                        "metadata": {"labels": {"imagecache.dev/cache": "web"}},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "dataSource": {
+                                "apiGroup": "snapshot.storage.k8s.io",
+                                "kind": "VolumeSnapshot",
+                                "name": "imagecache-web-1a2b",
+                            },
+                        },
+                    }
+                },
+            },
+        ],
+    },
     "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled"}]},
 }
 
@@ -50,12 +71,30 @@ def test_a_slim_record_keeps_what_the_controller_reads_and_nothing_else() -> Non
                 "imagecache.dev/missing-images": "docker.io/library/redis:7",
             },
         },
+        "spec": {
+            "volumes": [
+                {
+                    "name": "imagecache",
+                    "ephemeral": {
+                        "volumeClaimTemplate": {
+                            "spec": {
+                                "dataSource": {
+                                    "kind": "VolumeSnapshot",
+                                    "name": "imagecache-web-1a2b",
+                                }
+                            }
+                        }
+                    },
+                }
+            ]
+        },
         "status": {"phase": "Pending"},
     }
     assert len(json.dumps(slim)) * 10 < len(json.dumps(POD))
     # What the controller derives from a pod is the same from either.
     full, kept = m.user_pod_state(POD), m.user_pod_state(slim)
     assert kept == replace(full, annotations=slim["metadata"]["annotations"])
+    assert kept.clones == "imagecache-web-1a2b"  # in use until its claim exists (10.2)
     assert rp.pod_event(kept.annotations) == rp.pod_event(full.annotations) is not None
     assert rp.latest_matches([kept]) == rp.latest_matches([full])
 

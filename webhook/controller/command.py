@@ -270,6 +270,11 @@ async def run(args: argparse.Namespace) -> int:
                 code = EXIT_LOST_LEASE
             stop.set()
             await holding
+        else:
+            # Without an election the controller runs until it ends or is told to stop.
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
         try:
             await finish(running, STOP_WITHIN)
         except ControllerError as exc:

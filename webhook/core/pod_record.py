@@ -3,9 +3,9 @@ everything a pod spec holds).
 
 A pod from the API is a few KiB of JSON (spec, status, managedFields) and ten times that as
 Python objects; the controller reads only who the pod is, when it was made, its phase and the
-webhook's `imagecache.dev/*` labels and annotations. The informer stores this slim record
-instead (webhook.kube.informer.Informer `transform`), shaped like a pod so that the readers
-(`reconcile_model.user_pod_state`, the index functions) work on either. Strings repeated
+webhook's `imagecache.dev/*` labels and annotations, and the snapshot its cache volume
+clones. The informer stores this slim record instead (webhook.kube.informer.Informer
+`transform`), shaped like a pod so that the readers (`reconcile_model.user_pod_state`, the index functions) work on either. Strings repeated
 across thousands of pods (namespaces, keys, cache names, decisions) are interned.
 """
 
@@ -15,7 +15,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.core.names import GROUP
+from webhook.core.names import GROUP, VOLUME_NAME
+from webhook.core.reconcile_model import cloned_snapshot
 
 PREFIX = f"{GROUP}/"
 METADATA_KEPT = ("name", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp")
@@ -34,7 +35,8 @@ def _ours(values: object) -> dict[str, str]:
 
 def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The slim record of a pod: metadata (name, namespace, uid, resourceVersion, creation
-    and deletion times, `imagecache.dev/*` labels and annotations) and `status.phase`."""
+    and deletion times, `imagecache.dev/*` labels and annotations), the `imagecache` volume's
+    snapshot, and `status.phase`."""
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
     kept: dict[str, Any] = {key: meta[key] for key in METADATA_KEPT if key in meta}
@@ -46,6 +48,13 @@ def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
         if ours:
             kept[field] = ours
     record: dict[str, Any] = {"metadata": kept}
+    snapshot = cloned_snapshot(obj)
+    if snapshot is not None:
+        # Which snapshot the pod's claim clones: in use until that claim exists (issue 10.2).
+        source = {"kind": "VolumeSnapshot", "name": sys.intern(snapshot)}
+        template = {"spec": {"dataSource": source}}
+        volume = {"name": VOLUME_NAME, "ephemeral": {"volumeClaimTemplate": template}}
+        record["spec"] = {"volumes": [volume]}
     status = obj.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
     if isinstance(phase, str):

@@ -397,11 +397,11 @@ def user_pod_state(obj: Mapping[str, Any]) -> UserPod:
         created=parse_time(meta.get("creationTimestamp")),
         phase=str((obj.get("status") or {}).get("phase") or ""),
         annotations=dict(meta.get("annotations") or {}),
-        clones=_cloned_snapshot(obj),
+        clones=cloned_snapshot(obj),
     )
 
 
-def _cloned_snapshot(pod: Mapping[str, Any]) -> str | None:
+def cloned_snapshot(pod: Mapping[str, Any]) -> str | None:
     """The VolumeSnapshot the webhook's ephemeral volume clones (names.VOLUME_NAME)."""
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         if volume.get("name") != names.VOLUME_NAME:
