@@ -2,11 +2,12 @@
 everything a pod spec holds).
 
 A pod from the API is a few KiB of JSON (spec, status, managedFields) and ten times that as
-Python objects; the controller reads only who the pod is, when it was made, its phase and the
+Python objects; the controller reads only who the pod is, when it was made, its phase, the
 webhook's `imagecache.dev/*` labels and annotations, and the snapshot its cache volume
 clones. The informer stores this slim record instead (webhook.kube.informer.Informer
-`transform`), shaped like a pod so that the readers (`reconcile_model.user_pod_state`, the index functions) work on either. Strings repeated
-across thousands of pods (namespaces, keys, cache names, decisions) are interned.
+`transform`), shaped like a pod so that the readers (`reconcile_model.user_pod_state`, the
+index functions) work on either. Strings repeated across thousands of pods (namespaces,
+keys, cache names, decisions) are interned.
 """
 
 from __future__ import annotations
