@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolve-only", action="store_true",
                    help="resolve the images and report their sizes; download and write "
                         "nothing (--output is not used)")
+    p.add_argument("--no-layers", dest="layers", action="store_false",
+                   help="do not unpack the layers under /layers/ (the node mirror still "
+                        "serves the cache; the node snapshotter will not)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -107,6 +110,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         serve_credentialed=args.serve_credentialed,
         policy=RetryPolicy(retries=args.retries, base_delay=args.retry_delay),
         resolve_only=args.resolve_only,
+        layers=args.layers,
     )
 
 

@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--builder-cpu", default="2", help="builder CPU request (default 2)")
     p.add_argument("--builder-memory", default="4Gi", help="builder memory (default 4Gi)")
     p.add_argument("--builder-service-account", help="service account of the builder pods")
+    p.add_argument("--builder-layers", action="store_true",
+                   help="builds unpack layers under /layers/ for the node snapshotter (the "
+                        "build Job then runs as root with the unpacking capabilities)")
     p.add_argument("--storage-class", help="default StorageClass of build disks")
     p.add_argument(
         "--snapshot-class", help="default VolumeSnapshotClass (default: the cluster's default)"
@@ -189,6 +192,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         in_use_grace_seconds=args.in_use_grace,
         builder_service_account=args.builder_service_account,
         resync_seconds=args.resync,
+        builder_layers=args.builder_layers,
     )
 
 

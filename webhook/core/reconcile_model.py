@@ -32,6 +32,9 @@ class Settings:
     builder_service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
     resync_seconds: int = 600
+    # Unpack layers under /layers/ for the node snapshotter (issue 11): the builder then runs
+    # as root with the capabilities LAYER_CAPABILITIES names (docs/builder.md).
+    builder_layers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
