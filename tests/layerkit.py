@@ -85,3 +85,16 @@ OTHER = gz_layer([Entry("srv/data", b"other\n")])
 def escape_layer(target: str) -> Blob:
     """Writes through a symlink to `target` (outside the layer), if an unpacker followed it."""
     return gz_layer([Entry("evil", type=s, linkname=target), Entry("evil/pwned", b"pwned\n")])
+
+
+def busybox_layer(tools: tuple[str, ...] = ("sh", "ls", "cat", "sha256sum", "sleep", "stat")
+                  ) -> Blob:
+    """Debian's static busybox (package busybox-static) and links for `tools`: enough of a
+    userland for containers the tests run."""
+    from pathlib import Path
+
+    binary = Path("/bin/busybox").read_bytes()
+    return gz_layer([Entry("bin/", type=d, mode=0o755),
+                     Entry("bin/busybox", binary, mode=0o755),
+                     *(Entry(f"bin/{tool}", type=s, linkname="busybox") for tool in tools),
+                     Entry("tmp/", type=d, mode=0o1777)])
