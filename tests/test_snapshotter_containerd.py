@@ -15,12 +15,15 @@ import gzip
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
+from builder_proxy import RegistryProxy
 from layerkit import Entry, busybox_layer, gz_layer, image_of
 from mirror_testkit import containerd_unavailable, kubelet_mount
 from registry_fixture import Image, Registry, missing_tools, random_bytes, run_builder
@@ -49,6 +52,7 @@ class Node:
     containerd: Containerd
     cri: Cri
     images: dict[str, Image]
+    certs_d: Path
 
     def ref(self, name: str) -> str:
         return f"{self.registry.host}/{name}:1"
@@ -107,7 +111,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                                 f"{registry.host}/pause:1")
         cri = Cri(containerd.socket, work)
         try:
-            yield Node(registry, snapshotter, containerd, cri, images)
+            yield Node(registry, snapshotter, containerd, cri, images, certs_d)
         finally:
             try:
                 cri.remove_pods()
@@ -189,16 +193,63 @@ def test_snapshotter_killed_and_restarted_with_containers_running(node: Node) ->
     node.snapshotter.kill()
     check_app_files(node, first)  # running containers keep their mounts
     node.snapshotter.start()
-    # containerd redials the socket after gRPC's reconnect backoff; until then its calls fail
-    # UNAVAILABLE and the kubelet retries, as this does.
+    second = start_when_reconnected(node, sandbox, "second", node.ref("app"))
+    check_app_files(node, second)
+    check_app_files(node, first)
+
+
+def test_snapshotter_killed_mid_pull(node: Node) -> None:
+    """The snapshotter dies while containerd unpacks a layer into one of its snapshots: the
+    pull fails (as with any snapshotter), the next pull after the restart completes, and the
+    container sees every file."""
+    first = gz_layer([Entry("srv/one", random_bytes(1 << 20, 21))])
+    second = gz_layer([Entry("srv/two", b"two\n")])
+    slow = image_of([busybox_layer(("cat", "sleep", "sha256sum")), first, second],
+                    config={"Cmd": SLEEP})
+    node.registry.client().push_image("slow", "1", slow)
+    with RegistryProxy(node.registry.url) as proxy:
+        plain_http_hosts(node.certs_d, proxy.host)
+        hold = proxy.holds[second.digest] = threading.Event()
+        asked = proxy.watch(second.digest)
+        ref = f"{proxy.host}/slow:1"
+        outcome: list[BaseException | str] = []
+        puller = threading.Thread(target=lambda: outcome.append(_pull(node, ref)))
+        puller.start()
+        try:
+            assert asked.wait(120), "containerd never asked for the last layer"
+            node.snapshotter.kill()
+        finally:
+            hold.set()
+            puller.join(300)
+        assert isinstance(outcome[0], grpc.RpcError), outcome  # the pull could not commit
+        node.snapshotter.start()
+        deadline = time.monotonic() + 120
+        while not isinstance(_pull(node, ref), str):  # containerd redials after its backoff
+            assert time.monotonic() < deadline, "the pull never succeeded after the restart"
+            time.sleep(0.2)
+    sandbox = node.cri.run_pod("slow", "uid-slow")
+    container = start_when_reconnected(node, sandbox, "slow", ref)
+    assert node.cri.exec(container, ["/bin/busybox", "cat", "/srv/two"]) == (0, "two\n")
+    code, out = node.cri.exec(container, ["/bin/busybox", "sha256sum", "/srv/one"])
+    assert code == 0 and out.split()[0] == sha(random_bytes(1 << 20, 21)), out
+
+
+def _pull(node: Node, ref: str) -> BaseException | str:
+    try:
+        return node.cri.pull(ref)
+    except grpc.RpcError as exc:
+        return exc
+
+
+def start_when_reconnected(node: Node, sandbox: tuple[str, object], name: str,
+                           image: str) -> str:
+    """CreateContainer + StartContainer, retried while containerd's connection to a
+    restarted snapshotter is still in its reconnect backoff (the kubelet retries too)."""
     deadline = time.monotonic() + 120
     while True:
         try:
-            second = node.cri.start_container(sandbox, "second", node.ref("app"), SLEEP)
-            break
+            return node.cri.start_container(sandbox, name, image, SLEEP)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
             assert time.monotonic() < deadline, "containerd never reconnected"
             time.sleep(0.2)
-    check_app_files(node, second)
-    check_app_files(node, first)

@@ -136,14 +136,24 @@ class DiskLayers:
             self._scanned = time.monotonic()
 
     def sources(self, chain_hex: str, pod_uid: str = "") -> list[LayerSource]:
-        """Disks holding the layer, the disk of `pod_uid` first."""
+        """Disks holding the layer, the disk of `pod_uid` first. A miss looks again at once:
+        the kubelet mounts a pod's disk just before it pulls the pod's images."""
         self.refresh()
+        found = self._sources(chain_hex, pod_uid)
+        if not found:
+            self.refresh(force=True)
+            found = self._sources(chain_hex, pod_uid)
+        return found
+
+    def _sources(self, chain_hex: str, pod_uid: str) -> list[LayerSource]:
         found = []
         for disk in self._disks.values():
             if chain_hex not in disk.layers:
                 continue
             path = os.path.join(disk.path, LAYERS_DIR, chain_hex)
-            if os.path.isdir(path) and not os.path.islink(path):
+            # Still the disk that was scanned (not unmounted or rebuilt since)?
+            if _stamp(disk.path) == disk.stamp and os.path.isdir(path) and not os.path.islink(
+                    path):
                 found.append(LayerSource(path, disk.path, disk.cache, disk.pod_uid))
         found.sort(key=lambda s: (s.pod_uid != pod_uid, s.disk))
         return found

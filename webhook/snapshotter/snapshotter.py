@@ -43,8 +43,12 @@ log = logging.getLogger("imagecache.snapshotter")
 
 def disk_usage(path: Path) -> tuple[int, int]:
     """(bytes, inodes) under `path`, hard links counted once (containerd's fs.DiskUsage)."""
-    seen: set[tuple[int, int]] = set()
-    size = 0
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return 0, 0
+    seen = {(top.st_dev, top.st_ino)}
+    size = top.st_blocks * 512
     for directory, dirs, files in os.walk(path):
         for name in (*dirs, *files):
             try:
