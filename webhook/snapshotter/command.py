@@ -84,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"the snapshotter's socket (default {DEFAULT_SOCKET})")
     conf.add_argument("--drop-in", default="",
                       help="write [proxy_plugins.imagecache] to this file (one of the "
-                      "config's imports) instead of the main file")
+                      "config's imports; added to them if not) instead of the main file")
+    conf.add_argument("--snapshotter", default="imagecache",
+                      help="the CRI snapshotter to set (default imagecache; roll back with "
+                      "the previous one, e.g. overlayfs)")
     return parser
 
 
@@ -159,7 +162,7 @@ def main(argv: list[str]) -> int:
         from webhook.snapshotter.configure import configure
 
         return configure(Path(args.containerd_config), args.socket,
-                         Path(args.drop_in) if args.drop_in else None)
+                         Path(args.drop_in) if args.drop_in else None, args.snapshotter)
     except UsageError as exc:
         print(f"imagecache snapshotter: {exc}", file=sys.stderr)
         return 2
