@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="HOST:PORT for Prometheus /metrics (default: none)")
     serve.add_argument("--no-materialize", dest="materialize", action="store_false",
                        help="do not copy disk layers into --root in the background")
-    serve.add_argument("--log-level", default="INFO",
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
     conf.add_argument("--containerd-config", default=DEFAULT_CONTAINERD_CONFIG,
