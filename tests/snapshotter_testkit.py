@@ -116,6 +116,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{snapshotter}"
+    disable_snapshot_annotations = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{workdir / 'cni-bin'}"
     conf_dir = "{workdir / 'cni-conf'}"

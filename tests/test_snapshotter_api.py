@@ -23,9 +23,13 @@ from webhook.core.snapshots import (
     Info,
     InvalidArgument,
     Kind,
+    LayerChoice,
     Mount,
+    Use,
+    choose_layer,
     matches,
     mounts_for,
+    split_key,
     updated_labels,
 )
 from webhook.snapshotter.api import snapshots_pb2 as pb
@@ -65,6 +69,19 @@ def test_filters() -> None:
     assert matches(snap, ['name!="a,b"'])
     with pytest.raises(InvalidArgument, match="not supported"):
         matches(snap, ["size>3"])
+
+
+def test_whose_disk() -> None:
+    disks = [("pod-a", "/a/layer"), ("pod-b", "/b/layer")]
+    assert choose_layer("/copy", disks, "pod-c") == LayerChoice(Use.COPY, "/copy")
+    assert choose_layer("", disks, "pod-b") == LayerChoice(Use.DISK, "/b/layer")
+    assert choose_layer("", disks, None) == LayerChoice(Use.DISK, "/a/layer")  # short mounts
+    assert choose_layer("", disks, "pod-c") == LayerChoice(Use.WAIT, "/a/layer")  # never b's
+    assert choose_layer("", [("", "/x")], "") == LayerChoice(Use.WAIT, "/x")
+    assert choose_layer("", [], "pod-a") == LayerChoice(Use.GONE)
+    assert split_key("k8s.io/12/0123abc") == ("k8s.io", "0123abc")
+    assert split_key("k8s.io/12/extract-1 sha256:x/y") == ("k8s.io", "extract-1 sha256:x/y")
+    assert split_key("plain") == ("", "plain")
 
 
 def test_label_updates() -> None:
@@ -119,7 +136,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
     disks.mkdir()
     socket = tmp_path / "s.sock"
     process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
-                                 "--no-materialize", "--glob", "*")
+                                 "--no-materialize", "--glob", "*",
+                                 "--containerd-socket", "")
     channel = grpc.insecure_channel(f"unix://{socket}")
     try:
         yield Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
@@ -250,7 +268,8 @@ def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
     os.mknod(layer / "etc" / "gone", 0o20000, os.makedev(0, 0))  # a whiteout
     os.setxattr(layer / "etc", "trusted.overlay.opaque", b"y")
     socket = tmp_path / "s.sock"
-    process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log")
+    process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
+                                 "--containerd-socket", "", "--materialize-delay", "0.5")
     channel = grpc.insecure_channel(f"unix://{socket}")
     try:
         api = Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)

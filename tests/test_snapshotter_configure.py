@@ -50,6 +50,7 @@ def load(path: Path) -> dict[str, Any]:
 def without_snapshotter(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     doc["plugins"][CRI]["containerd"].pop("snapshotter", None)
+    doc["plugins"][CRI]["containerd"].pop("disable_snapshot_annotations", None)
     doc.pop("proxy_plugins", None)
     return doc
 
@@ -116,8 +117,8 @@ def test_cri_section_in_a_drop_in_is_edited_there(tmp_path: Path,
     cri.write_text(f'version = 2\n[plugins."{CRI}"]\n  sandbox_image = "pause:1"\n')
     code, out = run(config, capsys=capsys)
     assert code == 0, out
-    assert load(cri)["plugins"][CRI] == {"sandbox_image": "pause:1",
-                                         "containerd": {"snapshotter": "imagecache"}}
+    assert load(cri)["plugins"][CRI] == {"sandbox_image": "pause:1", "containerd": {
+        "snapshotter": "imagecache", "disable_snapshot_annotations": False}}
     assert "plugins" not in load(config)
 
 
@@ -130,8 +131,8 @@ def test_no_cri_section_and_version_1(tmp_path: Path,
     old = tmp_path / "v1.toml"
     old.write_text('[plugins.cri]\n  sandbox_image = "pause:1"\n')
     assert run(old, capsys=capsys)[0] == 0
-    assert load(old)["plugins"]["cri"] == {"sandbox_image": "pause:1",
-                                           "containerd": {"snapshotter": "imagecache"}}
+    assert load(old)["plugins"]["cri"] == {"sandbox_image": "pause:1", "containerd": {
+        "snapshotter": "imagecache", "disable_snapshot_annotations": False}}
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -161,6 +162,7 @@ def test_containerd_reads_the_result(node_config: Path, tmp_path: Path,
     merged = tomllib.loads(dump)
     cri = merged["plugins"][CRI]
     assert cri["containerd"]["snapshotter"] == "imagecache"
+    assert cri["containerd"]["disable_snapshot_annotations"] is False
     assert cri["sandbox_image"] == "registry.k8s.io/pause:3.9"
     assert cri["cni"]["conf_dir"] == "/etc/cni/net.d"
     assert cri["registry"]["config_path"] == "/etc/containerd/certs.d"

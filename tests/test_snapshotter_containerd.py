@@ -11,6 +11,7 @@ through the same snapshotter; so must containers across a snapshotter kill and r
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -43,6 +44,9 @@ pytestmark = [
 SLEEP = ["/bin/busybox", "sleep", "3600"]
 BIG = random_bytes(3 << 20, 11)
 FILES = {"srv/a": BIG, "srv/b": b"bee\n", "etc/motd": b"hello\n", "etc/keep": b"kept\n"}
+BASE = busybox_layer()
+DATA = gz_layer([Entry(k, v) for k, v in FILES.items()])
+TOP = gz_layer([Entry("etc/.wh.motd"), Entry("srv/c", b"sea\n")])
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Node:
     cri: Cri
     images: dict[str, Image]
     certs_d: Path
+    disk: Path
 
     def ref(self, name: str) -> str:
         return f"{self.registry.host}/{name}:1"
@@ -73,27 +78,27 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    work = tmp_path_factory.mktemp("snapnode")
-    base = busybox_layer()
-    data = gz_layer([Entry(k, v) for k, v in FILES.items()])
-    top = gz_layer([Entry("etc/.wh.motd"), Entry("srv/c", b"sea\n")])
-    images = {
-        "pause": image_of([busybox_layer(("sleep",))],
-                          config={"Entrypoint": ["/bin/busybox", "sleep", "2147483647"]}),
-        "app": image_of([base, data, top], config={"Cmd": SLEEP}),
-        "partial": image_of([base, data, top, gz_layer([Entry("srv/extra", b"extra\n")])],
-                            config={"Cmd": SLEEP}),
-        "vol": image_of([base, gz_layer([Entry("data/", type=b"5", mode=0o755),
-                                         Entry("data/file", b"in the volume\n")])],
-                        config={"Cmd": SLEEP, "Volumes": {"/data": {}}}),
-        "plain": image_of([busybox_layer(("sh", "cat", "sleep")),
-                           gz_layer([Entry("srv/plain", b"plain\n")])], config={"Cmd": SLEEP}),
-    }
+IMAGES = {
+    "pause": image_of([busybox_layer(("sleep",))],
+                      config={"Entrypoint": ["/bin/busybox", "sleep", "2147483647"]}),
+    "app": image_of([BASE, DATA, TOP], config={"Cmd": SLEEP}),
+    "partial": image_of([BASE, DATA, TOP, gz_layer([Entry("srv/extra", b"extra\n")])],
+                        config={"Cmd": SLEEP}),
+    "vol": image_of([BASE, gz_layer([Entry("data/", type=b"5", mode=0o755),
+                                     Entry("data/file", b"in the volume\n")])],
+                    config={"Cmd": SLEEP, "Volumes": {"/data": {}}}),
+    "plain": image_of([busybox_layer(("sh", "cat", "sleep")),
+                       gz_layer([Entry("srv/plain", b"plain\n")])], config={"Cmd": SLEEP}),
+}
+
+
+@contextlib.contextmanager
+def running_node(work: Path, *snapshotter_args: str) -> Iterator[Node]:
+    """Registry with IMAGES, a cache disk of app and vol built by the builder and mounted as
+    pod `pod-a-uid`'s volume, the snapshotter, containerd using it, CRI."""
     with Registry(work / "registry") as registry:
         pusher = registry.client()
-        for name, img in images.items():
+        for name, img in IMAGES.items():
             pusher.push_image(name, "1", img)
         disks_root = work / "pods"
         disk = kubelet_mount(disks_root, "pod-a-uid", "pvc-a")
@@ -105,13 +110,15 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         certs_d = work / "certs.d"
         plain_http_hosts(certs_d, registry.host)
         socket = work / "snap.sock"
-        snapshotter = SnapshotterProcess(work / "snaproot", disks_root, socket,
-                                         work / "snapshotter.log")
+        snapshotter = SnapshotterProcess(
+            work / "snaproot", disks_root, socket, work / "snapshotter.log",
+            "--containerd-socket", str(work / "containerd" / "containerd.sock"),
+            *snapshotter_args)
         containerd = Containerd(work / "containerd", certs_d, socket,
                                 f"{registry.host}/pause:1")
         cri = Cri(containerd.socket, work)
         try:
-            yield Node(registry, snapshotter, containerd, cri, images, certs_d)
+            yield Node(registry, snapshotter, containerd, cri, IMAGES, certs_d, disk)
         finally:
             try:
                 cri.remove_pods()
@@ -119,6 +126,20 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                 cri.close()
                 containerd.stop()
                 snapshotter.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with running_node(tmp_path_factory.mktemp("snapnode"), "--materialize-delay", "0") as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def lean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """No background copies: a layer is copied only when a container of a pod without the
+    disk needs it."""
+    with running_node(tmp_path_factory.mktemp("leannode"), "--no-materialize") as n:
+        yield n
 
 
 def check_app_files(node: Node, container: str) -> None:
@@ -253,3 +274,55 @@ def start_when_reconnected(node: Node, sandbox: tuple[str, object], name: str,
             assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
             assert time.monotonic() < deadline, "containerd never reconnected"
             time.sleep(0.2)
+
+
+def root_lowerdirs(node: Node, container: str) -> list[str]:
+    """The lower directories of the container's root overlay, from its mountinfo."""
+    code, out = node.cri.exec(container, ["/bin/busybox", "cat", "/proc/1/mountinfo"])
+    assert code == 0, out
+    for line in out.splitlines():
+        fields = line.split()
+        if fields[4] == "/" and "overlay" in fields:
+            options = fields[-1].split(",")
+            return [d for o in options if o.startswith("lowerdir=")
+                    for d in o.removeprefix("lowerdir=").split(":")]
+    raise AssertionError(f"no root overlay in {out}")
+
+
+def test_a_container_never_mounts_another_pods_disk(lean: Node) -> None:
+    lean.cri.pull(lean.ref("app"))
+    own = lean.cri.run_pod("owner", "pod-a-uid")  # the pod whose volume the disk is
+    mine = lean.cri.start_container(own, "app", lean.ref("app"), SLEEP)
+    assert any(str(lean.disk) in d for d in root_lowerdirs(lean, mine))
+    other = lean.cri.run_pod("neighbour", "pod-b-uid")  # same node, no disk of its own
+    theirs = lean.cri.start_container(other, "app", lean.ref("app"), SLEEP)
+    lowers = root_lowerdirs(lean, theirs)
+    assert lowers and not any(str(lean.disk) in d for d in lowers), lowers
+    assert all("/snaproot/" in d for d in lowers), lowers  # copies in the snapshotter's root
+    check_app_files(lean, theirs)
+    check_app_files(lean, mine)
+    assert "waiting for its copy" in lean.snapshotter.text()
+
+
+def test_an_image_whose_disk_went_away_is_pulled_again(lean: Node) -> None:
+    vol, ref = lean.images["vol"], lean.ref("vol")
+    before = len(lean.registry.requests())
+    lean.cri.pull(ref)
+    assert lean.layer_gets(before, vol) == []  # from the disk, not copied (--no-materialize)
+    unmounted = lean.disk.parent / "unmounted"
+    os.rename(lean.disk, unmounted)  # the pod ends; kubelet unmounts its disk
+    try:
+        deadline = time.monotonic() + 60
+        while lean.cri.image_present(ref):  # the snapshotter removes it through CRI
+            assert time.monotonic() < deadline, lean.snapshotter.text()[-3000:]
+            time.sleep(0.1)
+        assert f"image {ref} removed" in lean.snapshotter.text()
+        before = len(lean.registry.requests())
+        lean.cri.pull(ref)  # what the kubelet does next: a real pull
+        assert len(lean.layer_gets(before, vol)) >= 1
+        sandbox = lean.cri.run_pod("vol-again", "uid-vol-again")
+        container = lean.cri.start_container(sandbox, "vol", ref, SLEEP)
+        assert lean.cri.exec(container, ["/bin/busybox", "cat", "/data/file"]) == (
+            0, "in the volume\n")
+    finally:
+        os.rename(unmounted, lean.disk)

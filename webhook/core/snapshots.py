@@ -173,3 +173,52 @@ def matches(info: Info, filters: Sequence[str]) -> bool:
         if ok:
             return True
     return False
+
+
+# ------------------------------------------------------------------ whose disk
+
+# Set by CRI on layer Prepares when `disable_snapshot_annotations = false` (configure sets it):
+# the image a disk-backed layer belongs to, removed when the layer is gone ("never dangling").
+CRI_IMAGE_REF_LABEL = "containerd.io/snapshot/cri.image-ref"
+NAMESPACE_LABEL = "imagecache.dev/namespace"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """containerd's metadata layer names backend snapshots `<namespace>/<seq>/<key>`; CRI's
+    container snapshots are keyed by the container ID. ("", key) for any other form."""
+    parts = key.split("/", 2)
+    if len(parts) == 3 and parts[0] and parts[1].isdigit():
+        return parts[0], parts[2]
+    return "", key
+
+
+class Use(IntEnum):
+    COPY = 1  # the layer's copy in the snapshotter's root
+    DISK = 2  # a cache disk (the container's own pod's, or any for a short-lived mount)
+    WAIT = 3  # copy it (or wait for the copy under way) from `path`, then use the copy
+    GONE = 4  # neither on a mounted disk nor copied: the image must be pulled again
+
+
+@dataclass(frozen=True, slots=True)
+class LayerChoice:
+    use: Use
+    path: str = ""
+
+
+def choose_layer(copied: str, sources: Sequence[tuple[str, str]],
+                 pod_uid: str | None) -> LayerChoice:
+    """Where a disk-backed layer is mounted from. `copied`: the copy's path if it exists;
+    `sources`: (pod uid, layer path) of the mounted disks holding it; `pod_uid`: the pod of
+    the container being mounted, None when unknown (containerd's own short mounts at create
+    time, before the container exists). A container never gets another pod's disk: a
+    running container would keep that disk's filesystem alive after its pod is gone."""
+    if copied:
+        return LayerChoice(Use.COPY, copied)
+    if not sources:
+        return LayerChoice(Use.GONE)
+    if pod_uid is None:
+        return LayerChoice(Use.DISK, sources[0][1])
+    own = [path for uid, path in sources if uid and uid == pod_uid]
+    if own:
+        return LayerChoice(Use.DISK, own[0])
+    return LayerChoice(Use.WAIT, sources[0][1])

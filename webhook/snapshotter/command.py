@@ -22,6 +22,7 @@ DEFAULT_SOCKET = "/run/imagecache/snapshotter.sock"
 DEFAULT_ROOT = "/var/lib/imagecache/snapshotter"
 DEFAULT_DISKS_ROOT = "/var/lib/kubelet/pods"
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 
 log = logging.getLogger("imagecache.snapshotter")
 
@@ -74,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="HOST:PORT for Prometheus /metrics (default: none)")
     serve.add_argument("--no-materialize", dest="materialize", action="store_false",
                        help="do not copy disk layers into --root in the background")
+    serve.add_argument("--materialize-delay", type=float, default=10.0, metavar="SECONDS",
+                       help="start copying a disk layer this long after its pull, so that "
+                       "the copy does not slow the containers starting (default 10)")
+    serve.add_argument("--containerd-socket", default=DEFAULT_CONTAINERD_SOCKET,
+                       help="containerd's socket, to learn a container's pod and to remove "
+                       f"images whose layers are gone (default {DEFAULT_CONTAINERD_SOCKET}; "
+                       "'' : neither)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
@@ -103,6 +111,7 @@ def serve(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from webhook.snapshotter.api import snapshots_pb2_grpc as pb_grpc
+    from webhook.snapshotter.containerd import ContainerdClient
     from webhook.snapshotter.disks import KUBELET_CSI_GLOB, DiskLayers
     from webhook.snapshotter.metrics import SnapshotterMetrics
     from webhook.snapshotter.service import SnapshotsService
@@ -117,7 +126,9 @@ def serve(args: argparse.Namespace) -> int:
         socket.unlink()  # a previous run's; containerd reconnects to the new one
     metrics = SnapshotterMetrics()
     disks = DiskLayers(args.disks_root, args.globs or [KUBELET_CSI_GLOB], args.depth)
-    snapshotter = Snapshotter(Path(args.root), disks, metrics, args.materialize)
+    client = ContainerdClient(args.containerd_socket) if args.containerd_socket else None
+    snapshotter = Snapshotter(Path(args.root), disks, metrics, args.materialize, client,
+                              copy_delay=max(0.0, args.materialize_delay))
     removed = snapshotter.cleanup()
     if removed:
         log.info("removed %d directories a previous run left", removed)
@@ -141,13 +152,19 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(5):
+    while not stop.wait(2):
         disks.refresh()
         metrics.disks.set(disks.count())
         metrics.snapshots.set(len(snapshotter.store.all()))
+        try:
+            snapshotter.remove_dangling_images()
+        except Exception as exc:  # the loop must go on; the next pass tries again
+            log.error("checking for dangling layers failed: %s: %s", type(exc).__name__, exc)
     log.info("stopping")
     server.stop(grace=5).wait()
     snapshotter.close()
+    if client is not None:
+        client.close()
     return 0
 
 

@@ -110,8 +110,12 @@ def _configure(config: Path, socket: str, drop_in: Path | None, snapshotter: str
                          "# imagecache node snapshotter: containerd proxy plugin\n")
     docs = {path: tomlkit.parse(text) for path, text in texts.items()}
 
-    _table(docs[target.cri_file], target.cri_path)["snapshotter"] = snapshotter
+    cri = _table(docs[target.cri_file], target.cri_path)
+    cri["snapshotter"] = snapshotter
     if snapshotter == PLUGIN_NAME:
+        # CRI then labels layer Prepares with the image they belong to: how the snapshotter
+        # knows which image to remove when a disk-backed layer is gone (docs/snapshotter.md).
+        cri["disable_snapshot_annotations"] = False
         plugins = _table(docs[target.proxy_file], ("proxy_plugins",))
         plugins[PLUGIN_NAME] = proxy_plugin_table(socket)
     if drop_in is not None and not _covered(config, main_doc, drop_in):

@@ -31,6 +31,11 @@ class SnapshotterMetrics:
             "imagecache_snapshotter_materialized",
             "Disk layers copied into the snapshotter's root.", registry=self.registry,
         )
+        self.images_removed = Counter(
+            "imagecache_snapshotter_images_removed",
+            "Images removed because a disk-backed layer of theirs was gone.",
+            registry=self.registry,
+        )
         self.snapshots = Gauge(
             "imagecache_snapshotter_snapshots", "Snapshots in the store.",
             registry=self.registry,

@@ -15,12 +15,15 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from webhook.core.layer_chain import layer_dir_name
 from webhook.core.ocilayout import InvalidDigest
 from webhook.core.snapshots import (
+    CRI_IMAGE_REF_LABEL,
+    NAMESPACE_LABEL,
     SOURCE_LABEL,
     TARGET_REF_LABEL,
     AlreadyExists,
@@ -29,11 +32,15 @@ from webhook.core.snapshots import (
     Kind,
     Mount,
     SnapshotError,
+    Use,
     check_labels,
+    choose_layer,
     matches,
     mounts_for,
+    split_key,
     updated_labels,
 )
+from webhook.snapshotter.containerd import ContainerdClient
 from webhook.snapshotter.disks import DiskLayers
 from webhook.snapshotter.metrics import SnapshotterMetrics
 from webhook.snapshotter.store import Store
@@ -64,11 +71,17 @@ def disk_usage(path: Path) -> tuple[int, int]:
 
 class Snapshotter:
     def __init__(self, root: Path, disks: DiskLayers, metrics: SnapshotterMetrics,
-                 materialize: bool = True) -> None:
+                 materialize: bool = True, containerd: ContainerdClient | None = None,
+                 copy_wait: float = 600.0, copy_delay: float = 0.0) -> None:
         self.root = root
         self.disks = disks
         self.metrics = metrics
         self.materialize = materialize
+        self.containerd = containerd
+        self.copy_wait = copy_wait
+        self.copy_delay = copy_delay
+        self._urgent: set[str] = set()  # copies a container waits for: no delay
+        self._removed_images: set[str] = set()
         (root / "snapshots").mkdir(parents=True, exist_ok=True)
         (root / "layers").mkdir(exist_ok=True)
         self.store = Store(root / "metadata.db")
@@ -90,23 +103,31 @@ class Snapshotter:
     def local_copy(self, chain_hex: str) -> Path:
         return self.root / "layers" / chain_hex
 
-    def layer_path(self, info: Info) -> str:
-        """Where a committed snapshot's content is: its own directory, the materialized copy
-        of a disk-backed layer, or the layer on a mounted cache disk."""
+    def layer_path(self, info: Info, pod_uid: str | None = None) -> str:
+        """Where a committed snapshot's content is: its own directory, or for a disk-backed
+        layer what webhook.core.snapshots.choose_layer decides for the container's pod."""
         if not info.source:
             return str(self._dir(info) / "fs")
         copy = self.local_copy(info.source)
-        if copy.is_dir():
-            return str(copy)
-        sources = self.disks.sources(info.source)
-        if not sources:
+        sources = [] if copy.is_dir() else self.disks.sources(info.source, pod_uid or "")
+        choice = choose_layer(str(copy) if copy.is_dir() else "",
+                              [(s.pod_uid, s.path) for s in sources], pod_uid)
+        if choice.use == Use.WAIT:
+            log.info("layer %s: pod %s has no disk with it; waiting for its copy", info.name,
+                     pod_uid, extra={"fields": {"chainID": info.name, "pod": pod_uid}})
+            self._start_copy(info.source, choice.path)
+            self._wait_copy(info.source)
+            if copy.is_dir():
+                return str(copy)
+            choice = choose_layer("", [], pod_uid)
+        if choice.use == Use.GONE:
             raise FailedPrecondition(
                 f"layer {info.name} came from a cache disk that is no longer mounted on this "
                 "node and was not copied; remove the image so that it is pulled again")
-        return sources[0].path
+        return choice.path
 
-    def _mounts(self, info: Info) -> list[Mount]:
-        lowers = [self.layer_path(p) for p in self.store.chain(info)]
+    def _mounts(self, info: Info, pod_uid: str | None = None) -> list[Mount]:
+        lowers = [self.layer_path(p, pod_uid) for p in self.store.chain(info)]
         own = self._dir(info)
         return mounts_for(info.kind, str(own / "fs"), str(own / "work"), lowers)
 
@@ -157,9 +178,11 @@ class Snapshotter:
         sources = self.disks.sources(chain_hex)
         if not sources and not self.local_copy(chain_hex).is_dir():
             return
+        namespace, _ = split_key(key)
         with self.store.transaction() as db:
             self.store.create(db, target, parent, Kind.COMMITTED,
-                              {**labels, SOURCE_LABEL: chain_hex}, source=chain_hex)
+                              {**labels, SOURCE_LABEL: chain_hex, NAMESPACE_LABEL: namespace},
+                              source=chain_hex)
         where = sources[0] if sources else None
         self.metrics.disk_layers.inc()
         log.info("layer %s from cache disk %s (cache %s)", target,
@@ -170,23 +193,31 @@ class Snapshotter:
                                    "cache": where.cache if where else "",
                                    "pod": where.pod_uid if where else ""}})
         if self.materialize and where is not None:
-            self._start_copy(chain_hex, where.path)
+            self._start_copy(chain_hex, where.path, delay=self.copy_delay)
         raise AlreadyExists(f"layer {target} is on a cache disk")
 
-    def _start_copy(self, chain_hex: str, source: str) -> None:
+    def _start_copy(self, chain_hex: str, source: str, delay: float = 0.0) -> None:
         with self._copy_lock:
+            if delay == 0.0:
+                self._urgent.add(chain_hex)
             if chain_hex in self._copying or self.local_copy(chain_hex).is_dir():
                 return
-            thread = threading.Thread(target=self._copy, args=(chain_hex, source),
+            thread = threading.Thread(target=self._copy, args=(chain_hex, source, delay),
                                       name=f"copy-{chain_hex[:12]}", daemon=True)
             self._copying[chain_hex] = thread
         thread.start()
 
-    def _copy(self, chain_hex: str, source: str) -> None:
+    def _copy(self, chain_hex: str, source: str, delay: float) -> None:
         """Materialize: copy a disk layer into the root (owners, modes, xattrs, whiteout
-        devices and hard links kept by `cp -a`), atomically by rename."""
+        devices and hard links kept by `cp -a`), atomically by rename. After `delay`
+        seconds, unless a container waits for it: the copy's I/O then does not slow the
+        start of the containers that pulled the image."""
         final = self.local_copy(chain_hex)
         partial = self.root / "layers" / f".partial-{chain_hex}"
+        waited = 0.0
+        while waited < delay and chain_hex not in self._urgent:
+            time.sleep(0.1)
+            waited += 0.1
         try:
             shutil.rmtree(partial, ignore_errors=True)
             subprocess.run(["cp", "-a", "--", source, str(partial)], check=True,
@@ -202,18 +233,57 @@ class Snapshotter:
         finally:
             with self._copy_lock:
                 self._copying.pop(chain_hex, None)
+                self._urgent.discard(chain_hex)
 
-    def wait_copies(self) -> None:
+    def _wait_copy(self, chain_hex: str) -> None:
         with self._copy_lock:
-            threads = list(self._copying.values())
-        for thread in threads:
-            thread.join()
+            thread = self._copying.get(chain_hex)
+        if thread is not None:
+            thread.join(self.copy_wait)
+
+    def dangling(self) -> list[Info]:
+        """Disk-backed layers neither copied, nor being copied, nor on a mounted disk."""
+        with self._copy_lock:
+            copying = set(self._copying)
+        return [i for i in self.store.all()
+                if i.source and i.source not in copying and not self.local_copy(
+                    i.source).is_dir() and not self.disks.sources(i.source)]
+
+    def remove_dangling_images(self) -> int:
+        """Never dangling: an image whose disk-backed layer is gone is removed through CRI,
+        so that the kubelet pulls it again instead of failing to create containers."""
+        removed = 0
+        for info in self.dangling():
+            ref = info.labels.get(CRI_IMAGE_REF_LABEL, "")
+            if not ref:
+                log.warning("layer %s is gone with its disk, and its image is unknown (CRI's "
+                            "disable_snapshot_annotations is on; configure turns it off)",
+                            info.name, extra={"fields": {"chainID": info.name}})
+                continue
+            if ref in self._removed_images or self.containerd is None:
+                continue
+            self._removed_images.add(ref)
+            if self.containerd.remove_image(ref):
+                removed += 1
+                self.metrics.images_removed.inc()
+                log.warning("image %s removed: its layer %s was on a cache disk that is gone "
+                            "and was not copied; the kubelet pulls it again", ref, info.name,
+                            extra={"fields": {"image": ref, "chainID": info.name}})
+        return removed
 
     def mounts(self, key: str) -> list[Mount]:
+        """The mounts of a container's snapshot when its task starts: the container exists
+        in containerd by then, so its pod is known and decides which disks it may use."""
         info = self.store.get(key)
         if info.kind not in (Kind.ACTIVE, Kind.VIEW):
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
-        return self._mounts(info)
+        return self._mounts(info, self._pod_of(key))
+
+    def _pod_of(self, key: str) -> str | None:
+        namespace, name = split_key(key)
+        if self.containerd is None or not namespace:
+            return None
+        return self.containerd.pod_uid(namespace, name)
 
     def commit(self, name: str, key: str, labels: Mapping[str, str]) -> None:
         check_labels(labels)
