@@ -50,6 +50,7 @@ from webhook.mirror.configure import configure  # noqa: E402
 
 SLEEP = ["/bin/busybox", "sleep", "3600"]
 SOURCES = ("/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/sbin", "/usr/include")
+MAX_FILE = 4 << 20  # a distro's files: many small ones, no single huge blob
 
 
 def real_file_layers(count: int, mib: int, cache: Path) -> list[Blob]:
@@ -76,6 +77,8 @@ def real_file_layers(count: int, mib: int, cache: Path) -> list[Blob]:
                     if file.is_symlink() or not file.is_file():
                         continue
                     info = tar.gettarinfo(str(file), arcname=str(file).lstrip("/"))
+                    if info.size > MAX_FILE or used + info.size > budget:
+                        continue
                     with open(file, "rb") as f:
                         tar.addfile(info, f)
                     used += info.size
