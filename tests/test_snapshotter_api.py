@@ -287,6 +287,13 @@ def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
         assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
         assert os.getxattr(copy / "etc", "trusted.overlay.opaque") == b"y"
         assert '"msg":"layer ' in process.text() and "copied from" in process.text()
+        # Once no snapshot uses the layer, Cleanup removes the copy.
+        assert api.code("Remove", key="c") == grpc.StatusCode.OK
+        api.stub.Cleanup(pb.CleanupRequest(), timeout=30)
+        assert copy.is_dir()  # the layer snapshot itself still uses it
+        assert api.code("Remove", key=CHAIN) == grpc.StatusCode.OK
+        api.stub.Cleanup(pb.CleanupRequest(), timeout=30)
+        assert not copy.exists()
     finally:
         channel.close()
         process.stop()

@@ -328,8 +328,12 @@ class Snapshotter:
             if not (entry.name.isdigit() and int(entry.name) in ids):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
+        used = {i.source for i in self.store.all() if i.source}
+        with self._copy_lock:
+            copying = set(self._copying)
         for entry in (self.root / "layers").iterdir():
-            if entry.name.startswith(".partial-") and entry.name[9:] not in self._copying:
-                shutil.rmtree(entry, ignore_errors=True)
+            name = entry.name.removeprefix(".partial-")
+            if name not in copying and (entry.name != name or name not in used):
+                shutil.rmtree(entry, ignore_errors=True)  # half copies, copies nobody uses
                 removed += 1
         return removed
