@@ -400,7 +400,8 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     assert snap["args"] == [
         "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
-        "--metrics-listen", "127.0.0.1:5006", "--log-level", "info",
+        "--metrics-listen", "127.0.0.1:5006",
+        "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",
     ]  # fmt: skip
     assert snap["securityContext"]["privileged"] is True
     mounts = {m["name"]: m for m in snap["volumeMounts"]}
@@ -408,6 +409,7 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec(daemonset)["volumes"]}
     for name, mount in mounts.items():
         assert mount["mountPath"] == volumes[name], name  # host path == container path
+    assert mounts["containerd-socket"]["mountPath"] == "/run/containerd"
     controller = container(find(docs, "Deployment", f"{FULL}-controller"), "controller")
     assert "--builder-layers" in controller["args"]
     default = container(find(rendered("mirror"), "Deployment", f"{FULL}-controller"),
