@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import statistics
 import sys
 import tarfile
@@ -74,11 +75,13 @@ def real_file_layers(count: int, mib: int, cache: Path) -> list[Blob]:
                 file = files[n]
                 n += 1
                 try:
-                    if file.is_symlink() or not file.is_file():
+                    st = file.lstat()
+                    if (not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE
+                            or used + st.st_size > budget):
                         continue
+                    # gettarinfo remembers the inode: a later hard link names this member,
+                    # so only files that are then added may pass through it.
                     info = tar.gettarinfo(str(file), arcname=str(file).lstrip("/"))
-                    if info.size > MAX_FILE or used + info.size > budget:
-                        continue
                     with open(file, "rb") as f:
                         tar.addfile(info, f)
                     used += info.size

@@ -172,28 +172,35 @@ class Snapshotter:
             chain_hex = layer_dir_name(target)
         except InvalidDigest:
             return
+        sources = self.disks.sources(chain_hex)
+        copied = self.local_copy(chain_hex).is_dir()
         existing = self.store.find(target)
         if existing is not None and existing.kind == Kind.COMMITTED:
-            raise AlreadyExists(f"layer {target} exists")
-        sources = self.disks.sources(chain_hex)
-        if not sources and not self.local_copy(chain_hex).is_dir():
+            if sources or copied:
+                raise AlreadyExists(f"layer {target} exists")
+            return  # its disk is gone and it was never copied: containerd unpacks it anew
+        if not sources and not copied:
             return
         namespace, _ = split_key(key)
         with self.store.transaction() as db:
             self.store.create(db, target, parent, Kind.COMMITTED,
                               {**labels, SOURCE_LABEL: chain_hex, NAMESPACE_LABEL: namespace},
                               source=chain_hex)
-        where = sources[0] if sources else None
-        self.metrics.disk_layers.inc()
-        log.info("layer %s from cache disk %s (cache %s)", target,
-                 where.disk if where else self.local_copy(chain_hex),
-                 where.cache if where else "-",
-                 extra={"fields": {"chainID": target, "key": key, "parent": parent,
-                                   "disk": where.disk if where else "",
-                                   "cache": where.cache if where else "",
-                                   "pod": where.pod_uid if where else ""}})
-        if self.materialize and where is not None:
-            self._start_copy(chain_hex, where.path, delay=self.copy_delay)
+        try:  # committed: whatever fails now, containerd must hear that the layer exists
+            where = sources[0] if sources else None
+            self.metrics.disk_layers.inc()
+            log.info("layer %s from cache disk %s (cache %s)", target,
+                     where.disk if where else self.local_copy(chain_hex),
+                     where.cache if where else "-",
+                     extra={"fields": {"chainID": target, "key": key, "parent": parent,
+                                       "disk": where.disk if where else "",
+                                       "cache": where.cache if where else "",
+                                       "pod": where.pod_uid if where else ""}})
+            if self.materialize and where is not None:
+                self._start_copy(chain_hex, where.path, delay=self.copy_delay)
+        except Exception as exc:
+            log.error("layer %s: after taking it from a disk: %s: %s", target,
+                      type(exc).__name__, exc)
         raise AlreadyExists(f"layer {target} is on a cache disk")
 
     def _start_copy(self, chain_hex: str, source: str, delay: float = 0.0) -> None:
