@@ -257,6 +257,10 @@ def test_remote_layer_rule_usage_and_fallback(api: Api) -> None:
         api.stub.Mounts(pb.MountsRequest(key="c"), timeout=30)
     assert failure.value.code() == C.FAILED_PRECONDITION
     assert "no longer mounted" in str(failure.value.details())
+    # containerd asks for that layer again (the image was removed and is pulled anew): it
+    # gets an ordinary snapshot to unpack into, not the gone one.
+    again = api.prepare(f"k8s.io/1/extract-3 {CHAIN}", **{REF: CHAIN})
+    assert again[0].type == "bind" and "rw" in again[0].options
 
 
 def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
