@@ -246,3 +246,34 @@ def test_killed_while_unpacking_then_rerun(content: Content, tmp_path: Path) -> 
     assert code == 0, result
     assert not (out / "layers/.partial").exists()
     assert (layer_dir(out, chain) / "big/zeros").stat().st_size == 768 << 20
+
+
+def test_the_writer_never_follows_a_symlink(tmp_path: Path) -> None:
+    """Defence in depth under the rules: even an action the rules would refuse cannot make
+    the unpacker write through a symlink (every component is opened with O_NOFOLLOW)."""
+    import io
+    import tarfile
+
+    from webhook.builder.unpack import _Writer
+    from webhook.core.layer_tar import Action, Do, Kind
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "evil").symlink_to(outside)
+    writer = _Writer(layer)
+    try:
+        info = tarfile.TarInfo("evil/pwned")
+        info.size = 5
+        for action in (Action(Do.WRITE, ("evil", "pwned")),
+                       Action(Do.WHITEOUT, ("evil", "gone"), Kind.CHAR),
+                       Action(Do.OPAQUE, ("evil",), Kind.DIR)):
+            with pytest.raises(OSError):
+                writer.write(action, info, io.BytesIO(b"pwned"))
+        (layer / "file").write_text("x")
+        with pytest.raises(OSError):  # a file where a directory is expected
+            writer.write(Action(Do.WRITE, ("file", "child")), info, io.BytesIO(b"pwned"))
+    finally:
+        writer.close()
+    assert list(outside.iterdir()) == []
