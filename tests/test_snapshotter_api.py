@@ -6,9 +6,11 @@ happens when a cache disk goes away (issue 11.2). Pure rules: webhook.core.snaps
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +139,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     socket = tmp_path / "s.sock"
     process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
                                  "--no-materialize", "--glob", "*",
-                                 "--containerd-socket", "")
+                                 "--containerd-socket", "", "--metrics-listen", "127.0.0.1:0")
     channel = grpc.insecure_channel(f"unix://{socket}")
     try:
         yield Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
@@ -232,6 +234,13 @@ def test_remote_layer_rule_usage_and_fallback(api: Api) -> None:
     assert api.code("Stat", key=key) == C.NOT_FOUND  # nothing active left behind
     assert api.usage(CHAIN) == (0, 0)  # the disk's bytes, not the node's
     assert api.names(f'labels."{REF}"=={CHAIN},parent==""') == {CHAIN}
+    port = re.search(r'"metrics":"127.0.0.1:(\d+)"', api.process.text())
+    assert port is not None, api.process.text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=30) as reply:
+        metrics = reply.read().decode()
+    assert "imagecache_snapshotter_disk_layers_total 1.0" in metrics
+    assert 'imagecache_snapshotter_call_seconds_count{code="ALREADY_EXISTS",method="Prepare"}' \
+        in metrics
     child = api.prepare("c", CHAIN)
     assert options(child)["lowerdir"] == str(disk / "layers" / CHAIN.removeprefix("sha256:"))
     mnt = api.root.parent / "mnt"
