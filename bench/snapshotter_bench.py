@@ -173,7 +173,7 @@ def main() -> int:
             disk.mkdir(parents=True)
             started = time.monotonic()
             code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
-                                       "--insecure-registry", registry.host)
+                                       "--insecure-registry", registry.host, "--layers")
             if code != 0:
                 raise RuntimeError(f"build failed: {result}")
             print(f"cache disk built in {time.monotonic() - started:.1f}s", file=sys.stderr)

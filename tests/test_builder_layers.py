@@ -71,7 +71,7 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Content]:
 def build(content: Content, out: Path, *names: str, extra: tuple[str, ...] = ()
           ) -> tuple[int, object]:
     return run_builder(out, out.parent / f"{out.name}.term", [content.ref(n) for n in names],
-                       "--insecure-registry", content.registry.host, *extra)
+                       "--insecure-registry", content.registry.host, "--layers", *extra)
 
 
 def chains(img: Image) -> tuple[str, ...]:
@@ -194,18 +194,17 @@ def test_without_privilege_the_build_says_what_it_needs(content: Content,
     term = open_dir / "term"
     args = builder_args(out, term, [content.ref("app:1")], "--insecure-registry",
                         content.registry.host)
-    command = main_command("webhook.builder.command", args)
+    command = main_command("webhook.builder.command", [*args, "--layers"])
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                    "--inh-caps=-all", "--bounding-set=-all", *command]
     proc = subprocess.run(command, env=repo_env(), capture_output=True, timeout=120)
     assert proc.returncode == 2, proc.stderr.decode()
     message = term.read_text()
-    assert "CAP_MKNOD" in message and "--no-layers" in message
+    assert "CAP_MKNOD" in message and "without --layers" in message
     assert not (out / MANIFEST_FILE).exists()
-    # --no-layers: the same unprivileged builder writes the layout only
-    proc = subprocess.run([*command, "--no-layers"], env=repo_env(), capture_output=True,
-                          timeout=120)
+    # without --layers the same unprivileged builder writes the layout only
+    proc = subprocess.run(command[:-1], env=repo_env(), capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert not (out / "layers").exists()
     assert parse_manifest((out / MANIFEST_FILE).read_text()).images[0].layers == ()
@@ -224,7 +223,7 @@ def test_killed_while_unpacking_then_rerun(content: Content, tmp_path: Path) -> 
     out.mkdir()
     term = tmp_path / "term"
     args = builder_args(out, term, [content.ref("big:1")], "--insecure-registry",
-                        content.registry.host)
+                        content.registry.host, "--layers")
     proc = subprocess.Popen(main_command("webhook.builder.command", args), env=repo_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (chain,) = chains(img)

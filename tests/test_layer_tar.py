@@ -146,11 +146,11 @@ def test_builder_job_unpacks_layers_with_exact_capabilities() -> None:
     inputs = mb.BuildInputs("b1", ("nginx",), ("linux/amd64",), (), (), None, None, 5, False)
     off = Settings(namespace="imc", builder_image="img:1")
     on = Settings(namespace="imc", builder_image="img:1", builder_layers=True)
-    assert "--no-layers" in mb.builder_job(cache, off, inputs)["spec"]["template"]["spec"][
+    assert "--layers" not in mb.builder_job(cache, off, inputs)["spec"]["template"]["spec"][
         "containers"][0]["args"]
     spec = mb.builder_job(cache, on, inputs)["spec"]["template"]["spec"]
     container = spec["containers"][0]
-    assert "--no-layers" not in container["args"]
+    assert "--layers" in container["args"]
     assert spec["securityContext"]["runAsUser"] == 0
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
@@ -162,4 +162,4 @@ def test_builder_job_unpacks_layers_with_exact_capabilities() -> None:
     sizer = mb.sizer_job(cache, on, inputs)["spec"]["template"]["spec"]
     assert sizer["securityContext"]["runAsNonRoot"] is True
     assert sizer["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert "--no-layers" not in sizer["containers"][0]["args"]  # its total counts layers
+    assert "--layers" in sizer["containers"][0]["args"]  # its total counts the layers

@@ -105,7 +105,7 @@ def running_node(work: Path, *snapshotter_args: str) -> Iterator[Node]:
         disk.mkdir(parents=True)
         code, result = run_builder(disk, work / "term", [f"{registry.host}/app:1",
                                                          f"{registry.host}/vol:1"],
-                                   "--insecure-registry", registry.host)
+                                   "--insecure-registry", registry.host, "--layers")
         assert code == 0, result
         certs_d = work / "certs.d"
         plain_http_hosts(certs_d, registry.host)

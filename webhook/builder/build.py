@@ -40,7 +40,7 @@ class BuildOptions:
     serve_credentialed: bool = False
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     resolve_only: bool = False  # manifests only: sizes for auto-sizing, nothing written
-    layers: bool = True  # unpack every layer under /layers/ for the node snapshotter
+    layers: bool = False  # unpack every layer under /layers/ for the node snapshotter
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class BuildSummary:
     reused: int
     seconds: float
     built_with_credentials: bool
-    with_layers: bool = True
+    with_layers: bool = False
 
     @property
     def total_bytes(self) -> int:

@@ -45,7 +45,7 @@ NEEDS_PRIVILEGE = (
     "writing /layers/ needs root with CAP_CHOWN, CAP_FOWNER, CAP_FSETID, CAP_MKNOD and "
     "CAP_SYS_ADMIN (whiteouts are 0:0 character devices, opaque directories carry "
     "trusted.overlay.opaque); give the builder Job those capabilities (docs/builder.md) or "
-    "build with --no-layers"
+    "build without --layers"
 )
 
 
@@ -92,7 +92,7 @@ def _unpack_one(store: BlobStore, layers_dir: Path, layer: ImageLayer) -> Unpack
 
 
 def drop_layers(store: BlobStore) -> None:
-    """--no-layers: no layer of an earlier build may outlive the imagecache.json that
+    """Without --layers: no layer of an earlier build may outlive the imagecache.json that
     listed it."""
     layers_dir = store.output / LAYERS_DIR
     if layers_dir.is_dir() and not layers_dir.is_symlink():

@@ -122,8 +122,8 @@ def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool,
         args.append("--serve-credentialed")
     if resolve_only:
         args.append("--resolve-only")
-    if not layers:
-        args.append("--no-layers")
+    if layers:
+        args.append("--layers")
     return args
 
 
