@@ -310,3 +310,19 @@ def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
     finally:
         channel.close()
         process.stop()
+
+
+def test_bad_flags_say_what_to_fix(tmp_path: Path) -> None:
+    """One line naming the flag or path, exit 2 or 1, never a traceback."""
+    from registry_fixture import main_command, repo_env
+
+    for args, code, text in (
+        (["serve", "--metrics-listen", "bad"], 2, "--metrics-listen 'bad': give HOST:PORT"),
+        (["serve", "--root", "/proc/no-such/root", "--socket", str(tmp_path / "s.sock")], 1,
+         "/proc/no-such"),
+        (["serve", "--depth", "-1"], 2, "--depth must be 0 or more"),
+    ):
+        proc = subprocess.run(main_command("webhook.snapshotter.command", args), env=repo_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, proc.stderr
+        assert text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

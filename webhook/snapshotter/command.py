@@ -183,6 +183,10 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"imagecache snapshotter: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a root, socket or state it cannot use: the path and the reason
+        print(f"imagecache snapshotter: {exc.filename or ''}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
