@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -81,6 +80,8 @@ class Snapshotter:
         self.copy_wait = copy_wait
         self.copy_delay = copy_delay
         self._urgent: set[str] = set()  # copies a container waits for: no delay
+        self._cp: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = threading.Event()
         self._removed_images: set[str] = set()
         (root / "snapshots").mkdir(parents=True, exist_ok=True)
         (root / "layers").mkdir(exist_ok=True)
@@ -89,10 +90,16 @@ class Snapshotter:
         self._copy_lock = threading.Lock()
 
     def close(self) -> None:
+        """Stop: copies under way are abandoned (their `.partial-*` is removed at the next
+        start), so that shutting down never waits for, nor leaves behind, a `cp`."""
+        self._stopping.set()
         with self._copy_lock:
             threads = list(self._copying.values())
+            procs = list(self._cp.values())
+        for proc in procs:
+            proc.kill()
         for thread in threads:
-            thread.join()
+            thread.join(30)
         self.store.close()
 
     # ------------------------------------------------------------ paths and mounts
@@ -223,23 +230,34 @@ class Snapshotter:
         partial = self.root / "layers" / f".partial-{chain_hex}"
         waited = 0.0
         while waited < delay and chain_hex not in self._urgent:
-            time.sleep(0.1)
+            if self._stopping.wait(0.1):
+                return
             waited += 0.1
         try:
             shutil.rmtree(partial, ignore_errors=True)
-            subprocess.run(["cp", "-a", "--", source, str(partial)], check=True,
-                           capture_output=True, timeout=3600)
+            with self._copy_lock:
+                if self._stopping.is_set():
+                    return
+                proc = self._cp[chain_hex] = subprocess.Popen(
+                    ["cp", "-a", "--", source, str(partial)], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE)
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise OSError(f"cp exited {proc.returncode}: {err.decode(errors='replace')}")
             os.rename(partial, final)
             self.metrics.materialized.inc()
             log.info("layer %s copied from %s", chain_hex, source,
                      extra={"fields": {"chainID": "sha256:" + chain_hex, "from": source}})
         except (OSError, subprocess.SubprocessError) as exc:
+            if self._stopping.is_set():
+                return  # stopped on purpose: the next start removes the partial copy
             shutil.rmtree(partial, ignore_errors=True)
             log.warning("layer %s: copy from %s failed: %s", chain_hex, source, exc,
                         extra={"fields": {"chainID": "sha256:" + chain_hex}})
         finally:
             with self._copy_lock:
                 self._copying.pop(chain_hex, None)
+                self._cp.pop(chain_hex, None)
                 self._urgent.discard(chain_hex)
 
     def _wait_copy(self, chain_hex: str) -> None:
