@@ -326,3 +326,23 @@ def test_bad_flags_say_what_to_fix(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == code, proc.stderr
         assert text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_stopping_does_not_wait_for_copies(tmp_path: Path) -> None:
+    """SIGTERM while a copy is pending: the snapshotter exits at once (it used to wait for
+    its copies, whose I/O then ran on after it had been stopped)."""
+    disks = tmp_path / "disks"
+    make_disk(disks, "d1")
+    socket = tmp_path / "s.sock"
+    process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
+                                 "--containerd-socket", "", "--materialize-delay", "120")
+    channel = grpc.insecure_channel(f"unix://{socket}")
+    try:
+        api = Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
+        assert api.code("Prepare", key="x", labels={REF: CHAIN}) == grpc.StatusCode.ALREADY_EXISTS
+        started = time.monotonic()
+        assert process.stop() == 0
+        assert time.monotonic() - started < 30  # not the 120 s the copy was waiting for
+    finally:
+        channel.close()
+    assert not (tmp_path / "root" / "layers" / CHAIN.removeprefix("sha256:")).exists()
