@@ -5,6 +5,7 @@ happens when a cache disk goes away (issue 11.2). Pure rules: webhook.core.snaps
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -132,20 +133,27 @@ class Api:
             filters=list(filters)), timeout=30) for i in reply.info}
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
+@contextlib.contextmanager
+def served(tmp_path: Path, *args: str) -> Iterator[Api]:
+    """The snapshotter on `tmp_path/s.sock`, disks below `tmp_path/disks`, and a client."""
     disks = tmp_path / "disks"
-    disks.mkdir()
+    disks.mkdir(exist_ok=True)
     socket = tmp_path / "s.sock"
     process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
-                                 "--no-materialize", "--glob", "*",
-                                 "--containerd-socket", "", "--metrics-listen", "127.0.0.1:0")
+                                 "--containerd-socket", "", *args)
     channel = grpc.insecure_channel(f"unix://{socket}")
     try:
         yield Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
     finally:
         channel.close()
         process.stop()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    with served(tmp_path, "--no-materialize", "--glob", "*",
+                "--metrics-listen", "127.0.0.1:0") as running:
+        yield running
 
 
 def source(mounts: list[Any]) -> str:
@@ -280,12 +288,8 @@ def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
     layer = disk / "layers" / CHAIN.removeprefix("sha256:")
     os.mknod(layer / "etc" / "gone", 0o20000, os.makedev(0, 0))  # a whiteout
     os.setxattr(layer / "etc", "trusted.overlay.opaque", b"y")
-    socket = tmp_path / "s.sock"
-    process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
-                                 "--containerd-socket", "", "--materialize-delay", "0.5")
-    channel = grpc.insecure_channel(f"unix://{socket}")
-    try:
-        api = Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
+    with served(tmp_path, "--materialize-delay", "0.5") as api:
+        process = api.process
         assert api.code("Prepare", key="x", labels={REF: CHAIN}) == grpc.StatusCode.ALREADY_EXISTS
         copy = api.root / "layers" / CHAIN.removeprefix("sha256:")
         deadline = time.monotonic() + 60
@@ -307,9 +311,6 @@ def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
         assert api.code("Remove", key=CHAIN) == grpc.StatusCode.OK
         api.stub.Cleanup(pb.CleanupRequest(), timeout=30)
         assert not copy.exists()
-    finally:
-        channel.close()
-        process.stop()
 
 
 def test_bad_flags_say_what_to_fix(tmp_path: Path) -> None:
@@ -333,16 +334,9 @@ def test_stopping_does_not_wait_for_copies(tmp_path: Path) -> None:
     its copies, whose I/O then ran on after it had been stopped)."""
     disks = tmp_path / "disks"
     make_disk(disks, "d1")
-    socket = tmp_path / "s.sock"
-    process = SnapshotterProcess(tmp_path / "root", disks, socket, tmp_path / "log",
-                                 "--containerd-socket", "", "--materialize-delay", "120")
-    channel = grpc.insecure_channel(f"unix://{socket}")
-    try:
-        api = Api(process, pb_grpc.SnapshotsStub(channel), tmp_path / "root", disks)
+    with served(tmp_path, "--materialize-delay", "120") as api:
         assert api.code("Prepare", key="x", labels={REF: CHAIN}) == grpc.StatusCode.ALREADY_EXISTS
         started = time.monotonic()
-        assert process.stop() == 0
+        assert api.process.stop() == 0
         assert time.monotonic() - started < 30  # not the 120 s the copy was waiting for
-    finally:
-        channel.close()
     assert not (tmp_path / "root" / "layers" / CHAIN.removeprefix("sha256:")).exists()
