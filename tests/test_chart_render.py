@@ -44,6 +44,7 @@ OPTIONS: dict[str, Obj] = {
             "port": 5123,
         }
     },
+    "snapshotter": {"mirror": {"enabled": True}, "snapshotter": {"enabled": True}},
     "pullSecretNamespaces": {"controller": {"pullSecretNamespaces": ["team-a", "team-b", NS]}},
     "replicas": {
         "webhook": {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}},
@@ -417,6 +418,36 @@ def test_the_mirror_serves_tags_only_when_asked() -> None:
             assert ("--serve-tags" in container(daemonset, name)["args"]) is serve_tags
 
 
+def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
+    """snapshotter.enabled: the snapshotter container (privileged; containerd mounts the
+    paths it answers, so each directory is at its host path) and builds that unpack layers."""
+    docs = rendered("snapshotter")
+    daemonset = find(docs, "DaemonSet")
+    snap = container(daemonset, "snapshotter")
+    assert snap["args"] == [
+        "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
+        "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
+        "--metrics-listen", "127.0.0.1:5006",
+        "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",
+    ]  # fmt: skip
+    assert snap["securityContext"]["privileged"] is True
+    mounts = {m["name"]: m for m in snap["volumeMounts"]}
+    assert mounts["kubelet-pods"]["mountPropagation"] == "HostToContainer"
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec(daemonset)["volumes"]}
+    for name, mount in mounts.items():
+        assert mount["mountPath"] == volumes[name], name  # host path == container path
+    assert mounts["containerd-socket"]["mountPath"] == "/run/containerd"
+    controller = container(find(docs, "Deployment", f"{FULL}-controller"), "controller")
+    assert "--builder-layers" in controller["args"]
+    default = container(find(rendered("mirror"), "Deployment", f"{FULL}-controller"),
+                        "controller")
+    assert "--builder-layers" not in default["args"]
+    assert [c["name"] for c in pod_spec(find(rendered("mirror"), "DaemonSet"))[
+        "containers"]] == ["mirror"]
+    assert "snapshotter.enabled needs mirror.enabled" in render_error(
+        {"snapshotter": {"enabled": True}})
+
+
 def test_controller_gets_its_namespace_from_the_downward_api() -> None:
     controller = container(
         find(rendered("default"), "Deployment", f"{FULL}-controller"), "controller"
@@ -452,8 +483,10 @@ def _parsers() -> dict[str, Callable[[list[str]], tuple[Any, list[str]]]]:
     from webhook.controller import command as controller
     from webhook.mirror import command as mirror
     from webhook.server import command as server
+    from webhook.snapshotter import command as snapshotter
 
     return {
+        "snapshotter": lambda a: (snapshotter._parser().parse_args(a), []),
         "serve": lambda a: (server._parser().parse_args(a), []),
         "controller": lambda a: (controller.parser().parse_args(a), []),
         "mirror": lambda a: (mirror._parser().parse_args(a), []),

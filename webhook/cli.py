@@ -25,6 +25,8 @@ PARTS = {
     "controller": ("webhook.controller.command", "run the ImageCache controller"),
     "build": ("webhook.builder.command", "pull a cache's images into an OCI layout"),
     "mirror": ("webhook.mirror.command", "run the node mirror, or write containerd hosts.toml"),
+    "snapshotter": ("webhook.snapshotter.command",
+                    "run the node snapshotter, or configure containerd for it"),
     "certs": ("certs.command", "generate a CA and serving certificates"),
 }
 DEFAULT_CACHES = "default"

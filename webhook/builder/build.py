@@ -12,12 +12,14 @@ from pathlib import Path
 
 from webhook.builder.blobstore import BlobStore
 from webhook.builder.download import fetch_blob
+from webhook.builder.layers import drop_layers, unpack_images
 from webhook.builder.registry_client import RegistryClient, RetryPolicy
 from webhook.builder.resolve import resolve_image
 from webhook.core.build_errors import BuildFailure, format_bytes
 from webhook.core.build_plan import ResolvedImage, plan_build
 from webhook.core.cachedisk import CachedImage, CacheManifest
 from webhook.core.imageref import parse
+from webhook.core.layer_chain import estimated_unpacked
 from webhook.core.ocilayout import IndexEntry, index_file_body
 from webhook.core.registry_auth import Credential
 from webhook.core.registry_manifest import Descriptor, Platform, config_platform
@@ -38,6 +40,7 @@ class BuildOptions:
     serve_credentialed: bool = False
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     resolve_only: bool = False  # manifests only: sizes for auto-sizing, nothing written
+    layers: bool = False  # unpack every layer under /layers/ for the node snapshotter
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,22 @@ class BuildSummary:
     reused: int
     seconds: float
     built_with_credentials: bool
+    with_layers: bool = False
 
     @property
     def total_bytes(self) -> int:
+        """What the disk must hold: blobs once each, and with layers, their unpacked size
+        (estimated from the blobs: the sizing Job knows no more than the manifests)."""
         unique: dict[str, int] = {}
+        unpacked: dict[str, int] = {}
         for image in self.images:
             for m in image.manifests:
                 unique[m.descriptor.digest] = m.descriptor.size
+                for layer in m.doc.layers:
+                    unpacked[layer.digest] = estimated_unpacked(layer)
             for b in image.blobs:
                 unique[b.digest] = b.size
-        return sum(unique.values())
+        return sum(unique.values()) + (sum(unpacked.values()) if self.with_layers else 0)
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -115,7 +124,7 @@ async def resolve_all(options: BuildOptions) -> BuildSummary:
     async with _client(options) as client:
         images = await _resolve_images(client, options)
         used = bool(client.credentials_used)
-    summary = BuildSummary(images, 0, 0, 0, time.monotonic() - started, used)
+    summary = BuildSummary(images, 0, 0, 0, time.monotonic() - started, used, options.layers)
     log.info("resolved %d image(s): %s to store", len(images), format_bytes(summary.total_bytes))
     return summary
 
@@ -181,13 +190,19 @@ async def build(options: BuildOptions) -> BuildSummary:
     pruned = await asyncio.to_thread(store.prune, keep)
     if pruned:
         log.info("removed %d blob(s) no image of this build uses", pruned)
+    if options.layers:
+        layers = await unpack_images(store, images, options.concurrency)
+    else:
+        layers = {}
+        await asyncio.to_thread(drop_layers, store)
     seen: set[str] = set()
     cached = []
     for image in images:
         if image.reference not in seen:
             seen.add(image.reference)
             cached.append(CachedImage(image.reference, image.top.descriptor.digest, image.size,
-                                      image.top.descriptor.media_type))
+                                      image.top.descriptor.media_type,
+                                      layers.get(image.reference, ())))
     if used:
         log.info("pulled with credentials from %s", ", ".join(used))
     description = CacheManifest(
@@ -201,7 +216,7 @@ async def build(options: BuildOptions) -> BuildSummary:
     await asyncio.to_thread(store.finish)
     seconds = time.monotonic() - started
     summary = BuildSummary(images, len(plan.fetch), plan.bytes_to_fetch, len(plan.reuse),
-                           seconds, bool(used))
+                           seconds, bool(used), options.layers)
     log.info("done: %d image(s), %s stored, %d blob(s) downloaded (%s) in %.2fs, %.1f MB/s, "
              "%d reused", len(cached), format_bytes(summary.total_bytes), summary.fetched,
              format_bytes(summary.fetched_bytes), seconds,

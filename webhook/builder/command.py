@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolve-only", action="store_true",
                    help="resolve the images and report their sizes; download and write "
                         "nothing (--output is not used)")
+    p.add_argument("--layers", action="store_true",
+                   help="also unpack every layer under /layers/<chainID hex>/ for the node "
+                        "snapshotter (needs root with the unpacking capabilities, "
+                        "docs/builder.md); without it a /layers/ of an earlier build is removed")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -107,6 +111,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         serve_credentialed=args.serve_credentialed,
         policy=RetryPolicy(retries=args.retries, base_delay=args.retry_delay),
         resolve_only=args.resolve_only,
+        layers=args.layers,
     )
 
 

@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--builder-memory", default="4Gi", help="builder memory (default 4Gi)")
     p.add_argument("--builder-service-account", help="service account of the builder pods")
+    p.add_argument("--builder-layers", action="store_true",
+                   help="builds unpack layers under /layers/ for the node snapshotter (the "
+                        "build Job then runs as root with the unpacking capabilities)")
     p.add_argument("--storage-class", help="default StorageClass of build disks")
     p.add_argument(
         "--snapshot-class", help="default VolumeSnapshotClass (default: the cluster's default)"
@@ -205,6 +208,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         builder_service_account=args.builder_service_account,
         resync_seconds=args.resync,
         pull_secret_namespaces=tuple(args.pull_secret_namespaces),
+        builder_layers=args.builder_layers,
     )
 
 

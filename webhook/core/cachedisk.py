@@ -21,11 +21,28 @@ class InvalidCacheManifest(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class CachedLayer:
+    """One layer of one platform of an image, and whether `/layers/<chainID hex>/` holds it."""
+
+    digest: str  # the compressed blob in oci/
+    diff_id: str
+    chain_id: str
+    size: int  # the blob's bytes
+    unpacked: bool  # /layers/<chainID hex>/ was written and verified
+    platform: str = ""  # os/arch[/variant] of the manifest it belongs to
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "diffID": self.diff_id, "chainID": self.chain_id,
+                "size": self.size, "unpacked": self.unpacked, "platform": self.platform}
+
+
+@dataclass(frozen=True, slots=True)
 class CachedImage:
     image: str  # normalized reference, as in index.json's ref.name annotation
     digest: str  # digest of the manifest or index the reference resolved to
     size: int  # bytes: the manifest(s), configs and layers stored for this image
     media_type: str = ""
+    layers: tuple[CachedLayer, ...] = ()  # every platform's, base layer first
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +65,8 @@ class CacheManifest:
             "schemaVersion": SCHEMA_VERSION,
             "name": self.name,
             "images": [
-                {"image": i.image, "digest": i.digest, "size": i.size, "mediaType": i.media_type}
+                {"image": i.image, "digest": i.digest, "size": i.size, "mediaType": i.media_type,
+                 **({"layers": [layer.to_json() for layer in i.layers]} if i.layers else {})}
                 for i in self.images
             ],
             "platforms": list(self.platforms),
@@ -66,6 +84,22 @@ def _field(body: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
             f"{MANIFEST_FILE}: field {where}{key!r} must be a {kind.__name__}, got {value!r}"
         )
     return value
+
+
+def _layers(items: Any, where: str) -> tuple[CachedLayer, ...]:
+    if not isinstance(items, list):
+        raise InvalidCacheManifest(f"{MANIFEST_FILE}: field {where}'layers' must be a list")
+    layers = []
+    for n, item in enumerate(items):
+        at = f"{where}layers[{n}]."
+        if not isinstance(item, dict):
+            raise InvalidCacheManifest(f"{MANIFEST_FILE}: {at[:-1]} must be an object")
+        layers.append(CachedLayer(
+            digest=_field(item, "digest", str, at), diff_id=_field(item, "diffID", str, at),
+            chain_id=_field(item, "chainID", str, at), size=_field(item, "size", int, at),
+            unpacked=_field(item, "unpacked", bool, at), platform=str(item.get("platform", "")),
+        ))
+    return tuple(layers)
 
 
 def parse_manifest(text: str | bytes) -> CacheManifest:
@@ -92,6 +126,7 @@ def parse_manifest(text: str | bytes) -> CacheManifest:
                 digest=_field(item, "digest", str, where),
                 size=_field(item, "size", int, where),
                 media_type=str(item.get("mediaType", "")),
+                layers=_layers(item.get("layers", []), where),
             )
         )
     platforms = _field(body, "platforms", list)

@@ -2,6 +2,9 @@
 
 The builder runs as non-root with a read-only root filesystem, no privilege escalation and
 no capabilities; it writes only to the cache disk and an emptyDir for temporary files.
+With `builder_layers` (the node snapshotter's unpacked layers) the build Job alone runs as
+root with exactly LAYER_CAPABILITIES, never privileged: file owners, setuid bits, 0:0
+whiteout devices and trusted.overlay.opaque need them (docs/builder.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ TMP_MOUNT = "/tmp"
 TERMINATION_LOG = "/dev/termination-log"
 NON_ROOT_UID = 65532
 DOCKERCONFIG_KEY = ".dockerconfigjson"
+LAYER_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP",
+                      "SYS_ADMIN")
 
 
 def owner_reference(cache: Cache) -> Obj:
@@ -100,7 +105,8 @@ def secret_key(index: int) -> str:
     return f"{index}.json"
 
 
-def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool) -> list[str]:
+def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool,
+          layers: bool = False) -> list[str]:
     args = ["build", "--name", cache.name]
     for image in inputs.images:
         args += ["--image", image]
@@ -116,7 +122,19 @@ def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool) ->
         args.append("--serve-credentialed")
     if resolve_only:
         args.append("--resolve-only")
+    if layers:
+        args.append("--layers")
     return args
+
+
+def _unpacking_privileges(pod_spec: Obj) -> None:
+    """Root with the unpacking capabilities, nothing more (no privileged, no escalation)."""
+    pod_spec["securityContext"] = {
+        "runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod_spec["containers"][0]["securityContext"]["capabilities"] = {
+        "drop": ["ALL"], "add": list(LAYER_CAPABILITIES)}
 
 
 def _job(
@@ -167,6 +185,8 @@ def _job(
         ],
         "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
     }
+    if settings.builder_layers and component == rn.BUILDER:
+        _unpacking_privileges(pod_spec)
     if settings.builder_service_account:
         pod_spec["serviceAccountName"] = settings.builder_service_account
     if inputs.pull_secrets:
@@ -209,7 +229,8 @@ def builder_job(cache: Cache, settings: Settings, inputs: BuildInputs) -> Obj:
             }
         ],
         mounts=[{"name": "cache", "mountPath": CACHE_MOUNT}],
-        args=_args(cache, inputs, CACHE_MOUNT, resolve_only=False),
+        args=_args(cache, inputs, CACHE_MOUNT, resolve_only=False,
+                   layers=settings.builder_layers),
     )
 
 
@@ -223,5 +244,6 @@ def sizer_job(cache: Cache, settings: Settings, inputs: BuildInputs) -> Obj:
         component=rn.SIZER,
         volumes=[],
         mounts=[],
-        args=_args(cache, inputs, f"{TMP_MOUNT}/layout", resolve_only=True),
+        args=_args(cache, inputs, f"{TMP_MOUNT}/layout", resolve_only=True,
+                   layers=settings.builder_layers),
     )

@@ -36,6 +36,9 @@ class Settings:
     resync_seconds: int = 600
     # Where spec.imagePullSecrets may point besides `namespace`; ("*",): anywhere.
     pull_secret_namespaces: tuple[str, ...] = ()
+    # Unpack layers under /layers/ for the node snapshotter (issue 11): the builder then runs
+    # as root with the capabilities LAYER_CAPABILITIES names (docs/builder.md).
+    builder_layers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The node snapshotter: a containerd proxy snapshotter (DESIGN.md, "Node snapshotter")."""

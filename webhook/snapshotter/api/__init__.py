@@ -1,0 +1,1 @@
+"""containerd's snapshots API, generated from snapshots.proto (hack/gen-snapshots-api.sh)."""

@@ -1,0 +1,193 @@
+"""`imagecache snapshotter [serve|configure]`: the node snapshotter's command line.
+
+serve runs the containerd proxy snapshotter on a unix socket; configure points containerd's
+CRI plugin at it. See docs/snapshotter.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SOCKET = "/run/imagecache/snapshotter.sock"
+DEFAULT_ROOT = "/var/lib/imagecache/snapshotter"
+DEFAULT_DISKS_ROOT = "/var/lib/kubelet/pods"
+DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+
+log = logging.getLogger("imagecache.snapshotter")
+
+
+class UsageError(Exception):
+    """A flag value that cannot work; the message names the flag and the fix."""
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line; fields from `extra={"fields": {...}}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagecache snapshotter",
+        description="Node snapshotter: a containerd proxy snapshotter that starts cached "
+        "images from the cache disks' unpacked layers (serve), or configure containerd to "
+        "use it (configure).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy snapshotter")
+    serve.add_argument("--socket", default=DEFAULT_SOCKET,
+                       help=f"unix socket containerd dials (default {DEFAULT_SOCKET})")
+    serve.add_argument("--root", default=DEFAULT_ROOT,
+                       help=f"the snapshotter's own directory (default {DEFAULT_ROOT})")
+    serve.add_argument("--disks-root", default=DEFAULT_DISKS_ROOT,
+                       help=f"where cache disks are mounted (default {DEFAULT_DISKS_ROOT})")
+    serve.add_argument("--glob", action="append", dest="globs", metavar="PATTERN",
+                       help="pattern below --disks-root where cache disks are mounted; "
+                       "repeatable (default: the kubelet's CSI volume layout)")
+    serve.add_argument("--depth", type=int, default=2,
+                       help="also take any directory up to this many levels below "
+                       "--disks-root that holds imagecache.json (default 2)")
+    serve.add_argument("--metrics-listen", default="",
+                       help="HOST:PORT for Prometheus /metrics (default: none)")
+    serve.add_argument("--no-materialize", dest="materialize", action="store_false",
+                       help="do not copy disk layers into --root in the background")
+    serve.add_argument("--materialize-delay", type=float, default=10.0, metavar="SECONDS",
+                       help="start copying a disk layer this long after its pull, so that "
+                       "the copy does not slow the containers starting (default 10)")
+    serve.add_argument("--containerd-socket", default=DEFAULT_CONTAINERD_SOCKET,
+                       help="containerd's socket, to learn a container's pod and to remove "
+                       f"images whose layers are gone (default {DEFAULT_CONTAINERD_SOCKET}; "
+                       "'' : neither)")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
+    conf.add_argument("--containerd-config", default=DEFAULT_CONTAINERD_CONFIG,
+                      help=f"containerd's main config file (default "
+                      f"{DEFAULT_CONTAINERD_CONFIG})")
+    conf.add_argument("--socket", default=DEFAULT_SOCKET,
+                      help=f"the snapshotter's socket (default {DEFAULT_SOCKET})")
+    conf.add_argument("--drop-in", default="",
+                      help="write [proxy_plugins.imagecache] to this file (one of the "
+                      "config's imports; added to them if not) instead of the main file")
+    conf.add_argument("--snapshotter", default="imagecache",
+                      help="the CRI snapshotter to set (default imagecache; roll back with "
+                      "the previous one, e.g. overlayfs)")
+    return parser
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--metrics-listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:5006")
+    return host.strip("[]"), int(port)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import grpc
+    from prometheus_client import start_http_server
+
+    from webhook.snapshotter.api import snapshots_pb2_grpc as pb_grpc
+    from webhook.snapshotter.containerd import ContainerdClient
+    from webhook.snapshotter.disks import KUBELET_CSI_GLOB, DiskLayers
+    from webhook.snapshotter.metrics import SnapshotterMetrics
+    from webhook.snapshotter.service import SnapshotsService
+    from webhook.snapshotter.snapshotter import Snapshotter
+
+    if args.depth < 0:
+        raise UsageError("--depth must be 0 or more")
+    metrics_at = _hostport(args.metrics_listen) if args.metrics_listen else None
+    socket = Path(args.socket)
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    if socket.exists() or socket.is_symlink():
+        socket.unlink()  # a previous run's; containerd reconnects to the new one
+    metrics = SnapshotterMetrics()
+    disks = DiskLayers(args.disks_root, args.globs or [KUBELET_CSI_GLOB], args.depth)
+    client = ContainerdClient(args.containerd_socket) if args.containerd_socket else None
+    snapshotter = Snapshotter(Path(args.root), disks, metrics, args.materialize, client,
+                              copy_delay=max(0.0, args.materialize_delay))
+    removed = snapshotter.cleanup()
+    if removed:
+        log.info("removed %d directories a previous run left", removed)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="rpc"),
+                         options=[("grpc.max_receive_message_length", 16 << 20)])
+    pb_grpc.add_SnapshotsServicer_to_server(  # type: ignore[no-untyped-call]
+        SnapshotsService(snapshotter), server)
+    if not server.add_insecure_port(f"unix://{socket}"):
+        raise UsageError(f"--socket {socket}: cannot listen there")
+    os.chmod(socket, 0o600)
+    server.start()
+    if metrics_at is not None:
+        httpd, _ = start_http_server(metrics_at[1], metrics_at[0], registry=metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", metrics_at[0], httpd.server_port,
+                 extra={"fields": {"metrics": f"{metrics_at[0]}:{httpd.server_port}"}})
+    disks.refresh(force=True)
+    metrics.disks.set(disks.count())
+    metrics.snapshots.set(len(snapshotter.store.all()))
+    log.info("serving on unix://%s (root %s, disks below %s)", socket, args.root,
+             args.disks_root, extra={"fields": {"socket": str(socket)}})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(2):
+        disks.refresh()
+        metrics.disks.set(disks.count())
+        metrics.snapshots.set(len(snapshotter.store.all()))
+        try:
+            snapshotter.remove_dangling_images()
+        except Exception as exc:  # the loop must go on; the next pass tries again
+            log.error("checking for dangling layers failed: %s: %s", type(exc).__name__, exc)
+    log.info("stopping")
+    server.stop(grace=5).wait()
+    snapshotter.close()
+    if client is not None:
+        client.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), handlers=[handler])
+    try:
+        if args.command == "serve":
+            return serve(args)
+        from webhook.snapshotter.configure import configure
+
+        return configure(Path(args.containerd_config), args.socket,
+                         Path(args.drop_in) if args.drop_in else None, args.snapshotter)
+    except UsageError as exc:
+        print(f"imagecache snapshotter: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a root, socket or state it cannot use: the path and the reason
+        print(f"imagecache snapshotter: {exc.filename or ''}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
