@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(etcd-server docker-registry skopeo containerd apache2-utils busybox-static)
+debs=(etcd-server docker-registry skopeo containerd apache2-utils busybox-static shellcheck)
 missing=()
 for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if [ ${#missing[@]} -gt 0 ]; then
