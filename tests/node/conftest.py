@@ -1,0 +1,95 @@
+"""Fixtures of the node tests (marker `node`): one real node for the whole session, the
+project's image built once (hack/image.sh), two registries on the node's bridge, the chart
+installed as README says, and the CSI stand-in. The node is always stopped at the end, also
+after a failure or Ctrl-C (IMAGECACHE_NODE_KEEP=1 leaves it running)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from csi_standin import CsiStandIn
+from node_harness import AUTH_REGISTRY, PUBLIC_REGISTRY, REPO_ROOT, SCRIPTS, Node, pick_base, run
+from node_site import (
+    NAMESPACE,
+    STORAGE_CLASS,
+    Site,
+    chart_values,
+    install,
+    prepare_storage,
+    wait_release_ready,
+)
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "node tests need root (they run a kubelet, containerd and iptables)"
+    if not (SCRIPTS / "node-up.sh").exists():
+        return f"no node scripts in {SCRIPTS} (set IMAGECACHE_NODE_SCRIPTS)"
+    missing = [t for t in ("skopeo", "docker-registry", "containerd", "ctr") if not shutil.which(t)]
+    if missing:
+        return f"node tests need {', '.join(missing)} (hack/test.sh installs them)"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    reason = _why_not()
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.node)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart's image, built once per session (cached across sessions by its inputs)."""
+    out = run(["bash", str(REPO_ROOT / "hack" / "image.sh")], timeout=1200)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def node(image_archive: Path) -> Iterator[Node]:
+    base = pick_base()
+    directory = Path(os.environ.get("IMAGECACHE_NODE_DIR", f"/dev/shm/imagecache-node-{base}"))
+    the_node = Node(base, directory)
+    # SIGTERM (CI timeouts) as Ctrl-C, so that the teardown below still runs.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        the_node.up([image_archive])
+        yield the_node
+    finally:
+        if os.environ.get("IMAGECACHE_NODE_KEEP") != "1":
+            the_node.down()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Registries, storage, the stand-in and the chart installed (README's install section)."""
+    public = node.registry("public", PUBLIC_REGISTRY)
+    private = node.registry("private", AUTH_REGISTRY, users={"puller": "s3cret-pull"})
+    prepare_storage(node)
+    standin = CsiStandIn(node.api, node.dir / "csi", STORAGE_CLASS).start()
+    # 1.20 namespaces have no kubernetes.io/metadata.name label: exclude these two by the
+    # chart's opt-out label, as README says.
+    node.kubectl("create", "namespace", NAMESPACE, check=False)
+    for ns in ("kube-system", NAMESPACE):
+        node.kubectl("label", "namespace", ns, "imagecache.dev/webhook=disabled", "--overwrite")
+    values = chart_values(node, [public, private])
+    tmp = tmp_path_factory.mktemp("chart")
+    try:
+        install(node, values, tmp)
+        wait_release_ready(node)
+        yield Site(node, public, private, standin, values)
+    finally:
+        standin.stop()

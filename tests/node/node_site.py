@@ -1,0 +1,145 @@
+"""What the node tests share: the release's names and values for this node, install and
+readiness helpers, and `Site` (the node with its registries, storage and CSI stand-in)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from csi_standin import DRIVER, CsiStandIn
+from node_harness import (
+    MIRROR_PORT,
+    REPO_ROOT,
+    SNAPSHOT_CRDS,
+    Node,
+    NodeError,
+    Registry,
+    eventually,
+    local_pv,
+)
+
+RELEASE, NAMESPACE = "imagecache", "imagecache-system"
+STORAGE_CLASS, SNAPSHOT_CLASS = "imagecache-local", "imagecache-standin"
+IMAGE = "localhost/imagecache:dev"
+BUILD_PVS = 4  # static local PVs for build disks
+
+
+@dataclass
+class Site:
+    """The node with everything the tests share on it."""
+
+    node: Node
+    public: Registry
+    private: Registry
+    standin: CsiStandIn
+    values: dict[str, Any]
+
+
+def prepare_storage(node: Node) -> None:
+    node.kubectl("apply", *[a for p in sorted(SNAPSHOT_CRDS.glob("*.yaml")) for a in ("-f", str(p))])
+    node.apply(
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        },
+        {
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotClass",
+            "metadata": {"name": SNAPSHOT_CLASS},
+            "driver": DRIVER,
+            "deletionPolicy": "Delete",
+        },
+    )
+    pvs = []
+    for i in range(BUILD_PVS):
+        path = node.dir / "pvs" / f"build-{i}"
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o777)  # the builder runs as 65532; a local PV gets no fsGroup chown
+        pvs.append(local_pv(f"imagecache-build-{i}", path, STORAGE_CLASS))
+    node.apply(*pvs)
+
+
+def chart_values(node: Node, registries: list[Registry]) -> dict[str, Any]:
+    """The chart's values for this node: only where the node differs from a cloud node."""
+    hosts = [r.host for r in registries]
+    return {
+        "image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": IMAGE.rsplit(":", 1)[1]},
+        # 2 allocatable CPUs: the default builder request (2) could never be scheduled here.
+        "builder": {
+            "cpu": "250m",
+            "memory": "1Gi",
+            "storageClassName": STORAGE_CLASS,
+            "volumeSnapshotClassName": SNAPSHOT_CLASS,
+        },
+        "mirror": {
+            "enabled": True,
+            "port": node.base + MIRROR_PORT,  # 5005 may be another node's on this machine
+            "registries": hosts,
+            "plainHttpRegistries": hosts,
+            "containerdConfigPath": str(node.dir / "certs.d"),
+            "kubeletDir": str(node.dir / "kubelet"),
+            # no CSI driver: the stand-in's clones are local PVs
+            "diskGlobs": [
+                "*/volumes/kubernetes.io~csi/*/mount",
+                "*/volumes/kubernetes.io~local-volume/*",
+            ],
+        },
+    }
+
+
+def install(node: Node, values: dict[str, Any], tmp: Path, upgrade: bool = False) -> None:
+    path = tmp / "values.json"
+    path.write_text(json.dumps(values))
+    # `helm install` as README says; a node kept from an earlier session has the release already
+    installed = node.kubectl("get", "secret", "-n", NAMESPACE, "-l", f"owner=helm,name={RELEASE}",
+                             "-o", "name").stdout.strip()
+    verb = ["upgrade"] if upgrade or installed else ["install"]
+    node.helm(
+        *verb,
+        RELEASE,
+        str(REPO_ROOT / "charts" / "imagecache"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--values",
+        str(path),
+        timeout=300,
+    )
+
+
+def wait_release_ready(node: Node) -> None:
+    for kind, name in (
+        ("deployment", f"{RELEASE}-webhook"),
+        ("deployment", f"{RELEASE}-controller"),
+        ("daemonset", f"{RELEASE}-mirror"),
+    ):
+        done = node.kubectl(
+            "rollout",
+            "status",
+            f"{kind}/{name}",
+            "-n",
+            NAMESPACE,
+            "--timeout=240s",
+            check=False,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            pods = node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
+            raise NodeError(
+                f"{kind} {name} not ready: {done.stderr}\n{pods}\n"
+                f"{node.kubectl('get', 'events', '-n', NAMESPACE, check=False).stdout[-3000:]}"
+            )
+
+    def webhook_has_bundle() -> bool:
+        config = node.get("mutatingwebhookconfiguration", RELEASE) or {}
+        return all(
+            (w.get("clientConfig") or {}).get("caBundle") for w in config.get("webhooks") or [{}]
+        )
+
+    eventually("the controller to inject the webhook's caBundle", webhook_has_bundle, 120)
