@@ -29,7 +29,12 @@ def cache(
     digests: dict[str, str] | None = None,
     storage_class: str | None = None,
     status_storage_class: str | None = None,
+    copies: list[str] | None = None,
+    copies_not_ready: list[str] | None = None,
 ) -> dict[str, Any]:
+    """An ImageCache; `copies`: the namespaces with a ready copy of its snapshot (default:
+    `default`, spec.namespaces and the pull secrets' namespaces), `copies_not_ready`: those
+    with one being made."""
     spec: dict[str, Any] = {"images": images}
     if size is not None:
         spec["imageCacheSize"] = size
@@ -52,6 +57,16 @@ def cache(
         ]
     if status_storage_class is not None:
         status["storageClassName"] = status_storage_class
+    if copies is None:
+        copies = ["default", *(namespaces or []), *(s.partition("/")[0] for s in secrets or [])]
+    ready = copies
+    status["namespaces"] = [
+        {"namespace": n, "snapshotName": f"imagecache-{name}", "readyToUse": True}
+        for n in dict.fromkeys(ready)
+    ] + [
+        {"namespace": n, "snapshotName": f"imagecache-{name}", "readyToUse": False}
+        for n in copies_not_ready or ()
+    ]
     return {
         "apiVersion": "imagecache.dev/v1alpha1",
         "kind": "ImageCache",

@@ -57,6 +57,7 @@ class ControllerProcess:
         selector: str,
         *extra: str,
         kubeconfig: Path | None = None,  # default: the admin's
+        pull_secret_namespace: str | None = "*",  # None: the product's default (its own)
     ) -> None:
         self.plane = plane
         self.port = free_port()
@@ -93,6 +94,7 @@ class ControllerProcess:
             "0.5",
             "--log-level",
             "DEBUG",
+            *(["--pull-secret-namespace", pull_secret_namespace] if pull_secret_namespace else []),
             *extra,
         ]
         self.popen: subprocess.Popen[bytes] | None = None
@@ -295,6 +297,73 @@ class Cluster:
             subresource="status",
         )  # fmt: skip
         return content
+
+    async def copy_entry(
+        self, name: str, namespace: str, ready: bool | None = None, within: float = 30
+    ) -> dict[str, Any]:
+        """The cache's status.namespaces entry for `namespace` (readyToUse as asked)."""
+
+        async def probe() -> dict[str, Any] | None:
+            status = (await self.get_cache(name) or {}).get("status") or {}
+            for entry in status.get("namespaces") or []:
+                if entry["namespace"] == namespace and ready in (None, entry["readyToUse"]):
+                    return dict(entry)
+            return None
+
+        try:
+            return await eventually(probe, f"{name}'s copy in {namespace} (ready {ready})", within)
+        except AssertionError as exc:
+            obj = await self.get_cache(name) or {}
+            raise AssertionError(f"{exc}\nstatus: {json.dumps(obj.get('status'))}") from None
+
+    async def ready_copy(self, namespace: str, snapshot: str, restore_size: str = "20Gi") -> None:
+        """Play the snapshot controller for a pre-provisioned copy: bind and mark ready."""
+        copy = await eventually(
+            lambda: self._get(k.SNAPSHOT, namespace, snapshot), f"copy {namespace}/{snapshot}"
+        )
+        content = copy["spec"]["source"]["volumeSnapshotContentName"]
+        await self.kube.patch(
+            k.CONTENT, None, content, {"status": {"readyToUse": True}}, subresource="status"
+        )
+        await self.kube.patch(
+            k.SNAPSHOT, namespace, snapshot,
+            {"status": {"boundVolumeSnapshotContentName": content, "readyToUse": True,
+                        "restoreSize": restore_size}},
+            subresource="status",
+        )  # fmt: skip
+
+    async def claim(self, namespace: str, name: str, cache: str, snapshot: str) -> dict[str, Any]:
+        """A pod's cache claim as the ephemeral volume controller makes it from the webhook's
+        template: labelled with the cache, cloning `snapshot`, Pending until provisioned."""
+        return await self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"imagecache.dev/cache": cache}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "csi-hostpath",
+                    "resources": {"requests": {"storage": "20Gi"}},
+                    "dataSource": {"apiGroup": "snapshot.storage.k8s.io",
+                                   "kind": "VolumeSnapshot", "name": snapshot},
+                },
+            }
+        )  # fmt: skip
+
+    async def bind_claim(self, namespace: str, name: str) -> None:
+        """Play the CSI provisioner (no PV binder runs here): the clone is made, Bound."""
+        await self.kube.patch(
+            k.PVC, namespace, name, {"status": {"phase": "Bound"}}, subresource="status"
+        )
+
+    async def _get(self, res: k.Resource, namespace: str | None, name: str) -> Any:
+        try:
+            return await self.kube.get(res, namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def delete_cache(self, name: str) -> None:
         with contextlib.suppress(ApiError):

@@ -31,13 +31,19 @@ apiVersion: imagecache.dev/v1alpha1
 kind: ImageCache
 metadata: {name: nginx, creationTimestamp: "2026-01-10T00:00:00Z"}
 spec: {images: ["nginx:1.25"], imageCacheSize: 10}
-status: {phase: Ready, restoreSize: 10Gi}
+status:
+  phase: Ready
+  restoreSize: 10Gi
+  namespaces: [{namespace: default, snapshotName: imagecache-nginx, readyToUse: true}]
 ---
 apiVersion: imagecache.dev/v1alpha1
 kind: ImageCache
 metadata: {name: tools, creationTimestamp: "2026-01-11T00:00:00Z"}
 spec: {images: ["busybox:1.36"]}
-status: {phase: Ready, restoreSize: 5Gi}
+status:
+  phase: Ready
+  restoreSize: 5Gi
+  namespaces: [{namespace: default, snapshotName: imagecache-tools, readyToUse: true}]
 """
 
 

@@ -173,6 +173,9 @@ CAN: dict[str, list[tuple[str, str, str]]] = {
         ("patch", f"{IMC}#status", CLUSTER),
         ("update", f"{IMC}#finalizers", CLUSTER),
         *((verb, "pods", ALL) for verb in ("get", "list", "watch")),
+        # pods' cache claims (in use) and labelled namespaces (copies before use)
+        *((verb, "persistentvolumeclaims", ALL) for verb in ("get", "list", "watch")),
+        *((verb, "namespaces", CLUSTER) for verb in ("get", "list", "watch")),
         ("delete", "pods", NS),
         ("create", "events", OTHER),
         ("patch", "events", "default"),
@@ -243,23 +246,23 @@ def test_each_account_can_do_its_part_and_nothing_dangerous(
     assert wrong == [], f"{user}: " + "; ".join(wrong)
 
 
-def test_pull_secrets_are_readable_cluster_wide_only_without_the_narrowing_value(
-    installed: Installed,
-) -> None:
+def test_pull_secrets_are_readable_cluster_wide_only_with_a_star(installed: Installed) -> None:
+    """Issue 10.4: by default the controller reads Secrets of its own namespace only;
+    controller.pullSecretNamespaces: ["*"] opens `get` (never list or watch) everywhere."""
     plane = installed.plane
     user = installed.sa("controller")
     assert not can_i(plane, user, "get", "secrets", OTHER)
-    default = [
-        d
-        for d in yaml.safe_load_all(
-            render_text({}, release=RELEASE, namespace=NS, kube_version="1.20.2")
-        )
-        if d
-        and d["kind"] == "ClusterRoleBinding"
-        and d["metadata"]["name"].endswith("pull-secrets")
-    ]
-    assert len(default) == 1
-    text = yaml.safe_dump(default[0])
+
+    def pull_secret_rbac(values: Obj) -> list[Obj]:
+        text = render_text(values, release=RELEASE, namespace=NS, kube_version="1.20.2")
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        return [d for d in docs if d["metadata"]["name"].endswith("pull-secrets")]
+
+    assert pull_secret_rbac({}) == []
+    star = pull_secret_rbac({"controller": {"pullSecretNamespaces": ["*"]}})
+    assert sorted(d["kind"] for d in star) == ["ClusterRole", "ClusterRoleBinding"]
+    # The installed release already has the ClusterRole (for its RoleBindings): add the binding.
+    text = yaml.safe_dump(next(d for d in star if d["kind"] == "ClusterRoleBinding"))
     apply_server_side(plane, text)
     try:
         wait_for(lambda: can_i(plane, user, "get", "secrets", OTHER), "the ClusterRoleBinding")

@@ -119,11 +119,9 @@ def test_default_render_has_exactly_the_expected_objects() -> None:
     assert kinds(rendered("default")) == sorted(
         [
             f"ClusterRole/{FULL}-controller",
-            f"ClusterRole/{FULL}-controller-pull-secrets",
             f"ClusterRole/{FULL}-controller-webhook-config",
             f"ClusterRole/{FULL}-webhook",
             f"ClusterRoleBinding/{FULL}-controller",
-            f"ClusterRoleBinding/{FULL}-controller-pull-secrets",
             f"ClusterRoleBinding/{FULL}-controller-webhook-config",
             f"ClusterRoleBinding/{FULL}-webhook",
             f"Deployment/{FULL}-controller",
@@ -478,6 +476,7 @@ def test_controller_arguments_carry_the_builder_and_certificate_settings() -> No
 
     parsed = parser().parse_args(args[1:])
     assert (parsed.builder_cpu, parsed.builder_memory) == ("500m", "1Gi")
+    assert parsed.builder_cpu_limit == "2"  # the default: a request that fits, a limit
     assert (parsed.storage_class, parsed.snapshot_class) == ("fast", "snap")
     assert parsed.default_cache_size == 0
     assert parsed.platforms == ["linux/amd64", "linux/arm64"]
@@ -539,10 +538,23 @@ def test_pull_secret_namespaces_become_role_bindings() -> None:
         ("RoleBinding", "team-a"),
         ("RoleBinding", "team-b"),  # the release namespace is covered by the controller's Role
     ]
+    args = container(find(docs, "Deployment", f"{FULL}-controller"), "controller")["args"]
+    assert args[args.index("--pull-secret-namespace") :].count("--pull-secret-namespace") == 2
+    # Issue 10.4: by default only the release namespace (the controller's Role): no binding.
     default = [
         d for d in rendered("default") if d["metadata"]["name"] == f"{FULL}-controller-pull-secrets"
     ]
-    assert sorted(d["kind"] for d in default) == ["ClusterRole", "ClusterRoleBinding"]
+    assert default == []
+    args = container(find(rendered("default"), "Deployment", f"{FULL}-controller"), "controller")[
+        "args"
+    ]
+    assert "--pull-secret-namespace" not in args
+    anywhere = [
+        d
+        for d in render({"controller": {"pullSecretNamespaces": ["*"]}})
+        if d["metadata"]["name"] == f"{FULL}-controller-pull-secrets"
+    ]
+    assert sorted(d["kind"] for d in anywhere) == ["ClusterRole", "ClusterRoleBinding"]
 
 
 def test_webhook_configuration_rights_are_limited_to_the_chart_s_own() -> None:

@@ -53,17 +53,21 @@ def pod(
 async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
     cluster: Cluster, running: tuple[ControllerProcess, str, str]
 ) -> None:
+    """Issue 10.1 and 10.2: a rebuild's copy is made beside the one in use, status.namespaces
+    switches once it is ready, and neither the old copy nor a deleted cache's copy goes while
+    a claim clones it (the test plays the snapshot controller and the CSI provisioner)."""
     process, ns, selector = running
     eager = await cluster.namespace(unique("eager"))
     name = unique("rb")
     await cluster.cache(name, {"images": ["nginx:1"], "namespaces": [eager]}, selector)
     first = await make_ready(cluster, ns, name, [("docker.io/library/nginx:1", D1, 5)], "h1")
     old_snapshot = first["status"]["snapshotName"]
-    # Eager copy for spec.namespaces, without any pod there.
-    copy = await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, eager, f"imagecache-{name}"), "eager copy"
-    )
+    # Eager copy for spec.namespaces, without any pod there; published once ready.
+    old_copy = (await cluster.copy_entry(name, eager, ready=False))["snapshotName"]
+    copy = await eventually(lambda: _get(cluster, k.SNAPSHOT, eager, old_copy), "eager copy")
     old_content = copy["spec"]["source"]["volumeSnapshotContentName"]
+    await cluster.ready_copy(eager, old_copy)
+    await cluster.copy_entry(name, eager, ready=True)
 
     # retentionDays alone does not rebuild.
     await cluster.kube.patch(k.IMAGECACHE, None, name, {"spec": {"retentionDays": 3}})
@@ -77,10 +81,15 @@ async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
     # A changed image list builds beside the served snapshot.
     await cluster.kube.patch(k.IMAGECACHE, None, name, {"spec": {"images": ["nginx:1", "redis"]}})
     await cluster.one(k.JOB, ns, name, "rebuild Job")
-    during = await cluster.get_cache(name) or {}
-    assert during["status"]["phase"] == "Ready"
-    assert during["status"]["snapshotName"] == old_snapshot
-    assert "rebuilding" in during["status"]["message"]
+
+    async def rebuilding() -> Any:
+        status = ((await cluster.get_cache(name)) or {}).get("status") or {}
+        return status if "rebuilding" in status.get("message", "") else None
+
+    during = await eventually(rebuilding, "rebuilding message")
+    assert during["phase"] == "Ready" and during["snapshotName"] == old_snapshot
+    # A pod's claim clones the old copy and is not provisioned yet.
+    await cluster.claim(eager, "early-imagecache", name, old_copy)
 
     second = await make_ready(
         cluster,
@@ -92,29 +101,59 @@ async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
     assert second["status"]["snapshotName"] != old_snapshot
     assert second["status"]["imageCount"] == 2
 
-    # The copy is repointed at the new snapshot, then the old primary goes.
-    async def repointed() -> Any:
-        now = await _get(cluster, k.SNAPSHOT, eager, f"imagecache-{name}")
-        if now and now["spec"]["source"]["volumeSnapshotContentName"] != old_content:
-            return now
+    # The new copy is made beside the old one; pods keep getting the old one until it is ready.
+    async def new_copy() -> Any:
+        for snap in await cluster.owned(k.SNAPSHOT, eager, name):
+            if snap["metadata"]["name"] != old_copy:
+                return snap
         return None
 
-    fresh = await eventually(repointed, "copy repointed")
+    fresh = await eventually(new_copy, "the rebuild's copy")
     content = await cluster.kube.get(
         k.CONTENT, None, fresh["spec"]["source"]["volumeSnapshotContentName"]
     )
     assert content["spec"]["source"]["snapshotHandle"] == "h2"
+    entry = await cluster.copy_entry(name, eager)
+    assert entry["snapshotName"] == old_copy and entry["readyToUse"] is True
+    await cluster.ready_copy(eager, fresh["metadata"]["name"])
+
+    async def switched() -> Any:
+        entry = await cluster.copy_entry(name, eager)
+        return entry if entry["snapshotName"] == fresh["metadata"]["name"] else None
+
+    entry = await eventually(switched, "status.namespaces switched to the new copy")
+    assert entry["readyToUse"] is True
+    assert f"claim {eager}/early-imagecache" in entry.get("message", ""), entry
+    # The claim still clones the old copy: it and the old primary stay.
+    assert await _get(cluster, k.SNAPSHOT, eager, old_copy) is not None
+    assert await _get(cluster, k.SNAPSHOT, ns, old_snapshot) is not None
+    await cluster.bind_claim(eager, "early-imagecache")
 
     async def old_gone() -> bool:
         return (
             await _get(cluster, k.SNAPSHOT, ns, old_snapshot) is None
+            and await _get(cluster, k.SNAPSHOT, eager, old_copy) is None
             and await _get(cluster, k.CONTENT, None, old_content) is None
         )
 
-    await eventually(old_gone, "superseded snapshot and copy content deleted")
+    await eventually(old_gone, "superseded snapshot, copy and copy content deleted")
+    reasons = [reason for _, reason, _ in cluster.events(name)]
+    assert "SnapshotInUse" in reasons, reasons
+
+    # Deleting the cache waits for a claim that clones its copy.
+    await cluster.claim(eager, "late-imagecache", name, fresh["metadata"]["name"])
     await cluster.delete_cache(name)
+
+    async def deferred() -> Any:
+        status = ((await cluster.get_cache(name)) or {}).get("status") or {}
+        return f"claim {eager}/late-imagecache" in status.get("message", "")
+
+    await eventually(deferred, "deletion deferred for the claim")
+    assert await _get(cluster, k.SNAPSHOT, eager, fresh["metadata"]["name"]) is not None
+    await cluster.bind_claim(eager, "late-imagecache")
     await cluster.gone(name)
     assert await cluster.leftovers(ns, name) == {}, process.tail()
+    assert "DeletionDeferred" in [reason for _, reason, _ in cluster.events(name)]
 
 
 async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
@@ -125,7 +164,7 @@ async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
     await cluster.cache(name, {"images": ["nginx", "redis"]}, selector)
     await make_ready(cluster, ns, name, [("docker.io/library/nginx:latest", D1, 5)], "h1")
     app = await cluster.namespace(unique("app"))
-    assert await _get(cluster, k.SNAPSHOT, app, f"imagecache-{name}") is None
+    assert await cluster.owned(k.SNAPSHOT, app, name) == []
 
     pods = [
         pod(app, "hit", "hit", name),
@@ -138,8 +177,9 @@ async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
         await cluster.kube.create(manifest)
 
     # The hit made a copy in the pod's namespace.
+    entry = await cluster.copy_entry(name, app)
     copy = await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, app, f"imagecache-{name}"), "copy in the pod's namespace"
+        lambda: _get(cluster, k.SNAPSHOT, app, entry["snapshotName"]), "copy in the pod's namespace"
     )
     assert copy["metadata"]["labels"]["imagecache.dev/cache"] == name
 

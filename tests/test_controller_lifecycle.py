@@ -62,7 +62,7 @@ async def test_build_ready_copy_expire_delete(
     assert json.loads(base64.b64decode(secret["data"]["0.json"]))["auths"]["registry.example"]
     pod_spec = job["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "4Gi"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 600
@@ -72,7 +72,8 @@ async def test_build_ready_copy_expire_delete(
     assert args[args.index("--platform") + 1] == "linux/arm64"
     assert args[args.index("--insecure-registry") + 1] == "registry.example"
     assert args[args.index("--pull-secret-file") + 1].endswith("/0.json")
-    assert (await cluster.get_cache(name) or {})["status"]["phase"] == "Creating"
+    # Issue 10.10: the status is written after the Job; wait for it, never read it early.
+    await cluster.phase(name, "Creating")
 
     # kubelet: the builder succeeded; the controller snapshots the disk.
     await cluster.build(
@@ -108,19 +109,26 @@ async def test_build_ready_copy_expire_delete(
 
     await eventually(build_gone, "build objects deleted")
 
-    # A copy in the pull secret's namespace (the only one allowed) once a pod there uses it.
-    await cluster.kube.create(_pod(team, name, "hit"))
-    copy = await eventually(lambda: _get(cluster, k.SNAPSHOT, team, f"imagecache-{name}"), "copy")
+    # A copy in the pull secret's namespace (the only one allowed) once a pod there asks.
+    await cluster.kube.create(_pod(team, name, "unavailable"))
+    entry = await cluster.copy_entry(name, team, ready=False)
+    copy = await eventually(
+        lambda: _get(cluster, k.SNAPSHOT, team, entry["snapshotName"]), "copy"
+    )
     content = await cluster.kube.get(
         k.CONTENT, None, copy["spec"]["source"]["volumeSnapshotContentName"]
     )
     assert content["spec"]["source"] == {"snapshotHandle": "snap-handle-1"}
     assert content["spec"]["deletionPolicy"] == "Retain" and content["spec"]["driver"] == DRIVER
+    assert content["spec"]["sourceVolumeMode"] == "Filesystem"
+    assert content["spec"]["volumeSnapshotRef"]["namespace"] == team
     assert copy["metadata"]["ownerReferences"][0]["name"] == name
+    await cluster.ready_copy(team, entry["snapshotName"], "7Gi")
+    await cluster.copy_entry(name, team, ready=True)
 
     # `kubectl describe imc` tells the story.
     described = cluster.plane.kubectl("describe", "imc", name).stdout
-    for step in ("BuildStarted", "Built", "Ready", "SnapshotCopied"):
+    for step in ("BuildStarted", "Built", "Ready", "SnapshotCopied", "SnapshotCopyReady"):
         assert step in described.partition("Events:")[2], described
 
     # retentionDays: expireTime follows readyTime; once past, Expired and deleted.
@@ -133,8 +141,10 @@ async def test_build_ready_copy_expire_delete(
     ready_time = datetime.fromisoformat(status["readyTime"].replace("Z", "+00:00"))
     expected = (ready_time + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert await eventually(expire_set, "expireTime") == expected
-    # Time travel: Ready three days ago. The pod made above is Pending and recent: the cache
-    # waits for it (in-use protection) until it runs.
+    # A pod's claim clones the copy (Pending: not provisioned yet).
+    await cluster.claim(team, "user-imagecache", name, entry["snapshotName"])
+    # Time travel: Ready three days ago. The claim still clones the copy: the cache waits for
+    # it (in-use protection) until it is Bound.
     long_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     await cluster.kube.patch(
         k.IMAGECACHE, None, name, {"status": {"readyTime": long_ago}}, subresource="status"
@@ -143,12 +153,11 @@ async def test_build_ready_copy_expire_delete(
     async def waiting() -> Any:
         obj = await cluster.get_cache(name)
         message = (obj or {}).get("status", {}).get("message", "")
-        return "expired at" in message and "may still clone it" in message
+        return "expired at" in message and f"claim {team}/user-imagecache" in message
 
     await eventually(waiting, "in-use protection message")
-    await cluster.kube.patch(
-        k.POD, team, "user", {"status": {"phase": "Running"}}, subresource="status"
-    )
+    assert await _get(cluster, k.SNAPSHOT, team, entry["snapshotName"]) is not None
+    await cluster.bind_claim(team, "user-imagecache")
     try:
         await cluster.gone(name)
     except AssertionError as exc:
@@ -161,6 +170,7 @@ async def test_build_ready_copy_expire_delete(
         "Ready",
         "BuildCleanedUp",
         "SnapshotCopied",
+        "ExpiryDeferred",
         "Expired",
         "CleanedUp",
     ]:
@@ -268,3 +278,74 @@ async def test_failures_set_failed_with_what_to_do(
 
 async def _clean(cluster: Cluster, ns: str, name: str) -> bool:
     return await cluster.leftovers(ns, name) == {}
+
+
+async def test_a_builder_that_cannot_run_says_why_and_what_to_do(
+    cluster: Cluster, running: tuple[ControllerProcess, str, str]
+) -> None:
+    """Issue 12 ("already seen" 1): a builder pod no node fits, or whose image cannot be
+    pulled, shows in status and a Warning Event instead of "is pulling the images". The
+    test plays the scheduler and kubelet by writing the pod's status."""
+    process, ns, selector = running
+    name = unique("stuck")
+    await cluster.cache(name, {"images": ["registry.example/app:1"], "imageCacheSize": 5}, selector)
+    pod = await cluster.builder_pod(ns, name)
+    meta = pod["metadata"]
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            }
+        ],
+    }
+    await cluster.kube.patch(
+        k.POD, ns, meta["name"], {"status": unschedulable}, subresource="status"
+    )
+
+    async def says(text: str) -> Any:
+        status = ((await cluster.get_cache(name)) or {}).get("status") or {}
+        return status if text in status.get("message", "") else None
+
+    status = await eventually(lambda: says("cannot be scheduled"), "unschedulable builder")
+    assert "Insufficient cpu" in status["message"] and "builder.cpu" in status["message"]
+    assert status["phase"] == "Creating"
+    built = next(c for c in status["conditions"] if c["type"] == "Built")
+    assert built["reason"] == "BuilderUnschedulable"
+
+    pulling = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [
+            {
+                "name": pod["spec"]["containers"][0]["name"],
+                "image": pod["spec"]["containers"][0]["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": 'Back-off pulling image "registry.example/imagecache:test"',
+                    }
+                },
+            }
+        ],
+    }
+    await cluster.kube.patch(k.POD, ns, meta["name"], {"status": pulling}, subresource="status")
+    status = await eventually(lambda: says("cannot pull its image"), "image pull failing builder")
+    assert "builder.image" in status["message"]
+    warnings = [r for t, r, _ in cluster.events(name) if t == "Warning"]
+    assert {"BuilderUnschedulable", "BuilderImagePullFailed"} <= set(warnings), warnings
+
+    # It can run after all: the build goes on as usual.
+    await cluster.build(ns, name, [("registry.example/app:1", DIGEST_A, 10)])
+    snapshot = await cluster.one(k.SNAPSHOT, ns, name, "primary VolumeSnapshot")
+    await cluster.ready_snapshot(snapshot, handle="h-stuck")
+    await cluster.phase(name, "Ready")
+    await cluster.delete_cache(name)
+    await cluster.gone(name)
+    assert "Traceback" not in process.tail(400)

@@ -455,7 +455,26 @@ CASES: list[
         "a",
         (),
     ),
-]
+    # Issue 10.1: only a ready copy in the pod's namespace makes a cache a candidate.
+    ("Ready, no copy in the namespace", [cache("a", ["nginx"], copies=[])], ["nginx"], AUTO,
+     "default", "unavailable", None, ()),
+    ("copy being made", [cache("a", ["nginx"], copies=[], copies_not_ready=["default"])],
+     ["nginx"], AUTO, "default", "unavailable", None, ()),
+    ("a copy in another namespace does not count", [cache("a", ["nginx"], copies=["other"])],
+     ["nginx"], AUTO, "default", "unavailable", None, ()),
+    ("a ready copy beats a smaller cache without one",
+     [cache("small", ["nginx"], size=1, copies=[]), cache("big", ["nginx"], size=50)],
+     ["nginx"], AUTO, "default", "hit", "big", ()),
+    ("partial, no ready copy", [cache("a", ["nginx"], copies=[])], ["nginx", "redis"], PARTIAL,
+     "default", "unavailable", None, ()),
+    ("lacking an image and a copy: miss", [cache("a", ["nginx"], copies=[])],
+     ["nginx", "redis"], AUTO, "default", "miss", None, ()),
+    ("not usable from the namespace and no copy: miss",
+     [cache("a", ["nginx"], namespaces=["x"], copies=[])], ["nginx"], AUTO, "default", "miss",
+     None, ()),
+    ("manual, no ready copy", [cache("a", ["nginx"], copies=[])], ["nginx"], manual("a"),
+     "default", "unavailable", None, ()),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -490,7 +509,7 @@ def test_a_rebuilding_cache_holds_what_its_snapshot_was_built_from() -> None:
 
 
 def test_namespace_label_makes_auto_the_default() -> None:
-    index = CacheIndex.from_objects([cache("a", ["nginx"])])
+    index = CacheIndex.from_objects([cache("a", ["nginx"], copies=["ns"])])
     assert decide(["nginx"], "ns", read_request({}, namespace_auto=True), index, NOW).outcome == (
         "hit"
     )
@@ -640,3 +659,37 @@ def test_decision_is_flat_when_many_caches_hold_the_image() -> None:
     per_call = (time.perf_counter() - start) / 100
     assert decision.cache is not None and decision.cache.name == "small"
     assert per_call < 0.001, f"{per_call * 1e6:.0f} us per decision with 10,000 holders"
+
+
+@pytest.mark.parametrize("explain", [False, True])
+@pytest.mark.parametrize("annotations", [AUTO, PARTIAL, manual("slow")])
+def test_waiting_for_a_copy_names_the_cache_and_why(
+    annotations: dict[str, str], explain: bool
+) -> None:
+    index = CacheIndex.from_objects([
+        cache("slow", ["nginx"], size=1, copies=["other"], copies_not_ready=["shop"]),
+        cache("later", ["nginx"], size=9, copies=[]),
+        cache("closed", ["nginx"], phase="Creating", copies=["shop"]),
+    ])  # fmt: skip
+    decision = decide(["nginx"], "shop", read_request(annotations), index, NOW, explain=explain)
+    assert decision.outcome == "unavailable" and decision.cache is None
+    assert decision.waiting is not None and decision.waiting.name == "slow"
+    assert "no ready copy in namespace shop yet" in decision.reason
+    assert any("no ready copy in namespace shop yet" in w for w in decision.warnings)
+    assert decision.denied is None
+    required = read_request({**annotations, "imagecache.dev/required": "true"})
+    assert "no ready copy" in str(decide(["nginx"], "shop", required, index, NOW).denied)
+
+
+def test_the_chosen_copy_is_the_namespace_snapshot() -> None:
+    web = cache("web", ["nginx"], copies=[])
+    web["status"]["namespaces"] = [
+        {"namespace": "shop", "snapshotName": "imagecache-web-2f6c", "readyToUse": True},
+        {"namespace": "default", "snapshotName": "imagecache-web", "readyToUse": True},
+        {"namespace": "broken", "readyToUse": True},  # no snapshotName: not a usable copy
+    ]
+    index = CacheIndex.from_objects([web])
+    for namespace, snapshot in (("shop", "imagecache-web-2f6c"), ("default", "imagecache-web")):
+        decision = decide(["nginx"], namespace, read_request(AUTO), index, NOW)
+        assert decision.outcome == "hit" and decision.snapshot == snapshot
+    assert decide(["nginx"], "broken", read_request(AUTO), index, NOW).outcome == "unavailable"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import jsonpatch
 import pytest
 
-from tests.cachefactory import cache, pod
+from tests.cachefactory import cache, fake_digest, pod
 from webhook.core.caches import CacheIndex
 from webhook.core.matching import Decision, decide, read_request
 from webhook.core.patch import build_patch, conflict, escape
@@ -39,15 +40,17 @@ OUR_VOLUME = {
 }
 
 
-def decision_for(p: dict[str, Any]) -> Decision:
+def decision_for(p: dict[str, Any], index: CacheIndex = INDEX) -> Decision:
     meta = p["metadata"]
-    images = [c["image"] for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]]
-    return decide(images, "default", read_request(meta.get("annotations") or {}), INDEX, NOW)
+    containers = p["spec"].get("initContainers", []) + p["spec"]["containers"]
+    images = [c["image"] for c in containers if c.get("image")]
+    return decide(images, "default", read_request(meta.get("annotations") or {}), index, NOW)
 
 
-def apply(p: dict[str, Any]) -> dict[str, Any]:
-    ops = build_patch(p, decision_for(p))
-    assert all(op["op"] == "add" for op in ops)
+def apply(p: dict[str, Any], index: CacheIndex = INDEX) -> dict[str, Any]:
+    ops = build_patch(p, decision_for(p, index))
+    # add, but for the image fields that pinning replaces
+    assert all(op["op"] == "add" or op["path"].endswith("/image") for op in ops), ops
     patched: dict[str, Any] = jsonpatch.apply_patch(p, ops)
     return patched
 
@@ -207,3 +210,93 @@ def test_size_from_spec_when_no_restore_size() -> None:
 )
 def test_json_pointer_escaping(token: str, escaped: str) -> None:
     assert escape(token) == escaped
+
+
+# Issue 10.5: pinning. `digests={}`: status.images as a build writes it (fake digests).
+PINNING = CacheIndex.from_objects(
+    [cache("web", ["nginx:1.25", "busybox", "redis:7"], restore="12Gi", digests={})]
+)
+NGINX_DIGEST = fake_digest("nginx:1.25")
+PINNED_ALREADY = "nginx@" + "sha256:" + "c" * 64
+
+
+def pinned_pod(annotations: dict[str, str]) -> dict[str, Any]:
+    p = pod(["nginx:1.25", "postgres:16", PINNED_ALREADY], init=["busybox"],
+            annotations=annotations)  # fmt: skip
+    p["spec"]["initContainers"].append({"name": "no-image"})
+    return p
+
+
+@pytest.mark.parametrize("ask", [AUTO | {"imagecache.dev/match": "partial"}, {
+    "imagecache.dev/use-image-cache": "web"}], ids=["partial", "manual"])
+def test_cached_images_are_pinned_to_the_digest_the_cache_holds(ask: dict[str, str]) -> None:
+    p = pinned_pod(ask)
+    decision = decision_for(p, PINNING)
+    assert decision.outcome == "mismatch"  # postgres is not cached; the others are pinned
+    ops = build_patch(p, decision)
+    replaced = [op for op in ops if op["op"] == "replace"]
+    assert replaced == [
+        {"op": "replace", "path": "/spec/initContainers/0/image",
+         "value": f"busybox@{fake_digest('busybox')}"},
+        {"op": "replace", "path": "/spec/containers/0/image",
+         "value": f"nginx:1.25@{NGINX_DIGEST}"},
+    ]  # fmt: skip
+    once: dict[str, Any] = jsonpatch.apply_patch(p, ops)
+    asked = json.loads(once["metadata"]["annotations"]["imagecache.dev/pinned-images"])
+    assert asked == {"i0": "busybox", "c0": "nginx:1.25"}
+    assert [c["image"] for c in once["spec"]["containers"]] == [
+        f"nginx:1.25@{NGINX_DIGEST}", "postgres:16", PINNED_ALREADY
+    ]
+    # Idempotent: a pinned image has a digest, and the record of what was asked stays.
+    assert build_patch(once, decision) == []
+    # The pinned pod still matches the cache (by digest), and pinning it again changes nothing.
+    again = decision_for(once, PINNING)
+    assert again.cache is not None and again.cache.name == "web"
+    assert not [op for op in build_patch(once, again) if op["op"] == "replace"]
+
+
+def test_a_hit_pins_and_pin_false_turns_it_off() -> None:
+    hit = pod(["nginx:1.25"], annotations=dict(AUTO))
+    once = apply(hit, PINNING)
+    assert once["spec"]["containers"][0]["image"] == f"nginx:1.25@{NGINX_DIGEST}"
+    assert json.loads(once["metadata"]["annotations"]["imagecache.dev/pinned-images"]) == {
+        "c0": "nginx:1.25"
+    }
+    off = pod(["nginx:1.25"], annotations={**AUTO, "imagecache.dev/pin": "false"})
+    once = apply(off, PINNING)
+    assert once["metadata"]["annotations"]["imagecache.dev/decision"] == "hit"
+    assert once["spec"]["containers"][0]["image"] == "nginx:1.25"
+    assert "imagecache.dev/pinned-images" not in once["metadata"]["annotations"]
+
+
+def test_nothing_is_pinned_without_the_cache() -> None:
+    index = CacheIndex.from_objects([cache("web", ["nginx:1.25"], digests={}, copies=[])])
+    p = pod(["nginx:1.25"], annotations=dict(AUTO))
+    decision = decision_for(p, index)
+    assert decision.outcome == "unavailable"
+    once = apply(p, index)
+    assert once["spec"]["containers"][0]["image"] == "nginx:1.25"
+    assert "imagecache.dev/pinned-images" not in once["metadata"]["annotations"]
+    # The cache waited for is recorded (annotation and label), no volume.
+    assert once["metadata"]["annotations"]["imagecache.dev/cache"] == "web"
+    assert once["metadata"]["labels"]["imagecache.dev/cache"] == "web"
+    assert "volumes" not in once["spec"]
+
+
+def test_a_cache_without_status_images_pins_nothing() -> None:
+    # No digest known (a cache object written by hand): the pod gets the cache, unpinned.
+    once = apply(pod(["nginx:1.25"], annotations=dict(AUTO)))
+    assert once["spec"]["containers"][0]["image"] == "nginx:1.25"
+    assert "imagecache.dev/pinned-images" not in once["metadata"]["annotations"]
+
+
+def test_the_volume_clones_the_namespace_copy() -> None:
+    web = cache("web", ["nginx:1.25"], copies=[])
+    web["status"]["namespaces"] = [
+        {"namespace": "default", "snapshotName": "imagecache-web-5d1a", "readyToUse": True}
+    ]
+    once = apply(pod(["nginx:1.25"], annotations=dict(AUTO)), CacheIndex.from_objects([web]))
+    claim = once["spec"]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]
+    assert claim["spec"]["dataSource"]["name"] == "imagecache-web-5d1a"
+    # Reinvoked: recognised as ours by the cache label, not added twice.
+    assert build_patch(once, decision_for(once, CacheIndex.from_objects([web]))) == []

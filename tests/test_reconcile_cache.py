@@ -15,6 +15,7 @@ from webhook.core.reconcile_model import (
     AddFinalizer,
     BuilderPod,
     Cache,
+    ClaimState,
     ContentState,
     CopyPullSecrets,
     Create,
@@ -128,7 +129,7 @@ SERVED = primary(B, ready=True)
             id="new-cache-builds",
         ),
         pytest.param(
-            observed(cache({"images": ["nginx"], "imagePullSecrets": ["team/regcred"]})),
+            observed(cache({"images": ["nginx"], "imagePullSecrets": ["imc/regcred"]})),
             ["CopyPullSecrets", "Create PersistentVolumeClaim", "Create Job", "Emit BuildStarted",
              "PatchStatus"],
             {"phase": "Creating"},
@@ -302,17 +303,42 @@ def test_expired_cache_is_deleted() -> None:
     assert status_of(plan)["phase"] == "Expired"
 
 
+COPY_B = SnapshotState(rn.copy_name(NAME, B), "app", B, rn.COPY, True, None, None, None, None)
+
+
+def claim(snapshot: str, bound: bool = False, name: str = "p-imagecache") -> ClaimState:
+    return ClaimState("app", name, snapshot, bound)
+
+
+def clone_pod(age: float, phase: str = "Pending", snapshot: str = COPY_B.name) -> UserPod:
+    return UserPod("app", "p", "u", NOW - timedelta(seconds=age), phase, clones=snapshot)
+
+
 @pytest.mark.parametrize(
-    ("age", "phase", "protected"),
-    [(30, "Pending", True), (30, "Running", False), (30, "", True), (600, "Pending", False)],
+    ("claims", "pods", "protected"),
+    [
+        pytest.param((claim(COPY_B.name),), (), True, id="claim-cloning"),
+        pytest.param((claim(COPY_B.name),), (clone_pod(86400),), True, id="old-pod-claim-pending"),
+        pytest.param((claim(COPY_B.name, bound=True),), (clone_pod(5),), False, id="claim-bound"),
+        pytest.param((claim("other"),), (), False, id="claim-of-another-snapshot"),
+        pytest.param((), (clone_pod(30),), True, id="new-pod-claim-not-made-yet"),
+        pytest.param((), (clone_pod(600),), False, id="pod-without-claim-for-long"),
+        pytest.param((), (clone_pod(30, "Running"),), False, id="pod-running"),
+        pytest.param((), (clone_pod(30, snapshot="x"),), False, id="pod-cloning-another"),
+    ],
 )
-def test_expiry_waits_for_new_pods(age: int, phase: str, protected: bool) -> None:
-    user = UserPod("app", "p", "u", NOW - timedelta(seconds=age), phase)
-    plan = _expired((user,))
+def test_expiry_waits_while_a_claim_clones(
+    claims: tuple[ClaimState, ...], pods: tuple[UserPod, ...], protected: bool
+) -> None:
+    """Issue 10.2: in use = a claim naming the copy and not Bound yet, however old its pod."""
+    c = cache({"images": ["nginx"], "imageCacheSize": 5, "retentionDays": 1}, READY_STATUS)
+    obs = observed(c, snapshots=(SERVED, COPY_B), claims=claims, pods=pods)
+    plan = rc.plan(obs, SETTINGS, NOW)
     assert any(isinstance(a, DeleteCache) for a in plan.actions) is not protected
     if protected:
-        assert "may still clone it (1 may)" in status_of(plan)["message"]
-        assert plan.requeue_after == pytest.approx(SETTINGS.in_use_grace_seconds - age)
+        assert "deleting once no claim clones it" in status_of(plan)["message"]
+        assert "Emit ExpiryDeferred" in kinds(plan)
+        assert plan.requeue_after is not None
 
 
 def test_spec_change_rebuilds_beside_the_served_snapshot() -> None:
@@ -326,50 +352,101 @@ def test_spec_change_rebuilds_beside_the_served_snapshot() -> None:
     assert status["buildId"] != B
 
 
-def test_superseded_snapshot_goes_after_its_copies() -> None:
+def test_rebuild_switches_copies_when_ready_and_keeps_the_old_while_cloned() -> None:
+    """Issue 10.1: the new copy is made beside the old one; status.namespaces switches only
+    when it is ready; the old copy goes once no claim clones it, then the old primary."""
     new = cache({"images": ["nginx", "redis"], "imageCacheSize": 5})
     nb = bid_of(new)
     status = {**READY_STATUS, "snapshotName": rn.primary_name(NAME, nb), "buildId": nb,
-              "snapshotHandle": "h2"}  # fmt: skip
+              "snapshotHandle": "h2",
+              "namespaces": [{"namespace": "app", "snapshotName": COPY_B.name,
+                              "readyToUse": True}]}  # fmt: skip
     new = replace(new, status=status)
-    old_copy = SnapshotState(rn.copy_name(NAME), "app", B, rn.COPY, True, None, None, None, None,
-                             source_content=rn.copy_content_name(NAME, "app", B))  # fmt: skip
-    snaps = (SERVED, primary(nb, ready=True), old_copy)
-    user = UserPod("app", "p", "u", NOW - timedelta(hours=1), "Running")
-    plan = rc.plan(observed(new, snapshots=snaps, pods=(user,)), SETTINGS, NOW)
-    # The copy in "app" points at the old snapshot: it is replaced first, the old primary stays.
-    deletes = [(a.kind, a.namespace, a.name) for a in plan.actions if isinstance(a, Delete)]
-    assert deletes == [("VolumeSnapshot", "app", rn.copy_name(NAME))]
-    # Next pass, the copy is gone: the old primary goes and a new copy is made.
-    plan = rc.plan(observed(new, snapshots=snaps[:2], pods=(user,)), SETTINGS, NOW)
-    assert kinds(plan)[:4] == ["Delete VolumeSnapshot", "Emit SnapshotDeleted",
-                               "Create VolumeSnapshotContent", "Create VolumeSnapshot"]  # fmt: skip
+    fresh = rn.copy_name(NAME, nb)
+    snaps = (SERVED, primary(nb, ready=True), COPY_B)
+    plan = rc.plan(observed(new, snapshots=snaps), SETTINGS, NOW)
+    assert kinds(plan) == ["Create VolumeSnapshotContent", "Create VolumeSnapshot",
+                           "Emit SnapshotCopied", "PatchStatus"]  # fmt: skip
+    assert "namespaces" not in status_of(plan)  # pods keep getting the old copy
+    status = {**status, **{k: v for k, v in status_of(plan).items() if v is not None}}
+    new = replace(new, status=status)
     content = next(a.obj for a in plan.actions if isinstance(a, Create))
     assert content["spec"]["source"] == {"snapshotHandle": "h2"}
     assert content["spec"]["deletionPolicy"] == "Retain"
+    assert content["spec"]["sourceVolumeMode"] == "Filesystem"
+    # The new copy exists, not ready: pods keep getting the old one.
+    pending = SnapshotState(fresh, "app", nb, rn.COPY, False, None, None, None, None)
+    plan = rc.plan(observed(new, snapshots=(*snaps, pending)), SETTINGS, NOW)
+    assert kinds(plan) == []
+    # Ready, but a claim still clones the old copy: switched, the old copy kept, and said.
+    ready = replace(pending, ready=True)
+    obs = observed(new, snapshots=(*snaps, ready), claims=(claim(COPY_B.name),))
+    plan = rc.plan(obs, SETTINGS, NOW)
+    entry = status_of(plan)["namespaces"][0]
+    assert entry["snapshotName"] == fresh and entry["readyToUse"] is True
+    assert "previous copy" in entry["message"] and "claim app/p-imagecache" in entry["message"]
+    assert kinds(plan) == ["Emit SnapshotCopyReady", "Emit SnapshotInUse", "PatchStatus"]
+    # The claim is Bound: the old copy goes; the old primary waits for it.
+    switched = replace(new, status={**status, "namespaces": [entry]})
+    obs = observed(switched, snapshots=(*snaps, ready), claims=(claim(COPY_B.name, True),))
+    plan = rc.plan(obs, SETTINGS, NOW)
+    deletes = [(a.kind, a.namespace, a.name) for a in plan.actions if isinstance(a, Delete)]
+    assert deletes == [("VolumeSnapshot", "app", COPY_B.name)]
+    # Next pass, the old copy is gone: the old primary goes.
+    plan = rc.plan(observed(switched, snapshots=(*snaps[:2], ready)), SETTINGS, NOW)
+    assert kinds(plan)[:2] == ["Delete VolumeSnapshot", "Emit SnapshotDeleted"]
 
 
 @pytest.mark.parametrize(
-    ("spec_extra", "pod_namespaces", "copies"),
+    ("spec_extra", "pod_namespaces", "labelled", "copies"),
     [
-        ({}, ["a", "b"], ["a", "b"]),
-        ({"namespaces": ["c"]}, [], ["c"]),
-        ({"namespaces": ["c"]}, ["a"], ["c"]),  # a is not allowed to use it
-        ({"imagePullSecrets": ["team/cred"]}, ["team", "other"], ["team"]),
+        ({}, ["a", "b"], [], ["a", "b"]),
+        ({"namespaces": ["c"]}, [], [], ["c"]),
+        ({"namespaces": ["c"]}, ["a"], ["l"], ["c"]),  # a and l may not use it
+        ({}, [], ["l", "imc"], ["l"]),  # labelled; never the controller's own namespace
+        ({"imagePullSecrets": ["team/cred"]}, ["team", "other"], [], ["team"]),
+        # spec.namespaces narrows the secrets' namespaces, never widens them (issue 10.4)
+        ({"imagePullSecrets": ["team/cred"], "namespaces": ["team", "x"]}, ["x"], ["x"], ["team"]),
     ],
 )
-def test_copies_go_where_pods_use_the_cache(
-    spec_extra: dict[str, Any], pod_namespaces: list[str], copies: list[str]
+def test_copies_go_where_the_cache_is_used_and_usable(
+    spec_extra: dict[str, Any], pod_namespaces: list[str], labelled: list[str], copies: list[str]
 ) -> None:
     c = cache({"images": ["nginx"], "imageCacheSize": 5, **spec_extra})
     c = replace(c, status={**READY_STATUS, "snapshotName": rn.primary_name(NAME, bid_of(c)),
                            "buildId": bid_of(c)})  # fmt: skip
     pods = tuple(UserPod(ns, "p", ns, NOW, "Running") for ns in pod_namespaces)
-    plan = rc.plan(observed(c, snapshots=(primary(bid_of(c), ready=True),), pods=pods),
-                   SETTINGS, NOW)  # fmt: skip
+    obs = observed(c, snapshots=(primary(bid_of(c), ready=True),), pods=pods,
+                   labelled_namespaces=tuple(labelled))  # fmt: skip
+    plan = rc.plan(obs, replace(SETTINGS, pull_secret_namespaces=("*",)), NOW)
     made = [a.obj["metadata"]["namespace"] for a in plan.actions
             if isinstance(a, Create) and a.obj["kind"] == "VolumeSnapshot"]  # fmt: skip
     assert made == copies
+    entries = status_of(plan)["namespaces"]
+    assert [(e["namespace"], e["readyToUse"]) for e in entries] == [(n, False) for n in copies]
+
+
+def test_copy_names_never_collide() -> None:
+    """Issue 10.3: cache web in prod-x and cache web-prod in x got the same content name."""
+    one = rn.copy_content_name("uid-1", "web", "prod-x", "b1")
+    two = rn.copy_content_name("uid-2", "web-prod", "x", "b1")
+    assert one != two
+    assert rn.copy_content_name("uid-1", "web", "x", "b1") != rn.copy_content_name(
+        "uid-1", "web", "x", "b2"
+    )
+
+
+def test_a_copy_that_cannot_be_made_is_said_and_retried() -> None:
+    c = cache({"images": ["nginx"], "imageCacheSize": 5, "namespaces": ["gone"]}, READY_STATUS)
+    problem = "namespace gone does not exist: create it, or drop it from spec.namespaces"
+    obs = observed(c, snapshots=(SERVED,), copy_problems={"gone": problem})
+    plan = rc.plan(obs, SETTINGS, NOW)
+    entry = status_of(plan)["namespaces"][0]
+    assert entry == {"namespace": "gone", "snapshotName": rn.copy_name(NAME, B),
+                     "readyToUse": False, "message": problem}  # fmt: skip
+    warning = [a for a in plan.actions if isinstance(a, Emit) and a.type == "Warning"]
+    assert [w.reason for w in warning] == ["SnapshotCopyFailed"]
+    assert plan.requeue_after is not None
 
 
 def test_failed_build_is_not_retried_and_is_cleaned_up() -> None:
@@ -388,16 +465,15 @@ def test_failed_build_is_not_retried_and_is_cleaned_up() -> None:
 
 def test_deletion_cleans_up_then_releases_the_finalizer() -> None:
     doomed = cache(status=READY_STATUS, deleting=True)
-    copy = SnapshotState(rn.copy_name(NAME), "app", B, rn.COPY, True, None, None, None, None)
     content = ContentState("copy-content", B, "h1", "csi.example", "app", rn.COPY)
-    plan = rc.plan(observed(doomed, snapshots=(SERVED, copy), contents=(content,)), SETTINGS, NOW)
+    plan = rc.plan(observed(doomed, snapshots=(SERVED, COPY_B), contents=(content,)), SETTINGS, NOW)
     assert kinds(plan) == ["Delete VolumeSnapshot", "Delete VolumeSnapshot",
                            "Delete VolumeSnapshotContent"]  # fmt: skip
     assert plan.requeue_after is not None
     plan = rc.plan(observed(doomed), SETTINGS, NOW)
     assert kinds(plan) == ["Emit CleanedUp", "RemoveFinalizer"]
-    recent = UserPod("app", "p", "u", NOW - timedelta(seconds=5), "Pending")
-    deferred = rc.plan(observed(doomed, pods=(recent,)), SETTINGS, NOW)
+    cloning = observed(doomed, snapshots=(COPY_B,), claims=(claim(COPY_B.name),))
+    deferred = rc.plan(cloning, SETTINGS, NOW)
     assert kinds(deferred) == ["Emit DeletionDeferred", "PatchStatus"]
     assert not any(isinstance(a, RemoveFinalizer) for a in deferred.actions)
 
@@ -436,8 +512,35 @@ def test_pull_secret_failure_status() -> None:
 
 def test_copy_pull_secrets_names_every_source() -> None:
     c = cache({"images": ["nginx"], "imagePullSecrets": ["a/x", "b/y"]})
-    action = next(a for a in rc.plan(observed(c), SETTINGS, NOW).actions
+    settings = replace(SETTINGS, pull_secret_namespaces=("a", "b"))
+    action = next(a for a in rc.plan(observed(c), settings, NOW).actions
                   if isinstance(a, CopyPullSecrets))  # fmt: skip
     assert action.sources == ("a/x", "b/y")
     assert action.secret["metadata"]["namespace"] == "imc"
-    assert AddFinalizer not in {type(a) for a in rc.plan(observed(c), SETTINGS, NOW).actions}
+    assert AddFinalizer not in {type(a) for a in rc.plan(observed(c), settings, NOW).actions}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "refused"),
+    [((), "a/x"), (("a",), "b/y"), (("a", "b"), None), (("*",), None)],
+)
+def test_pull_secrets_outside_the_allowed_namespaces_are_refused(
+    allowed: tuple[str, ...], refused: str | None
+) -> None:
+    """Issue 10.4: a cache may not borrow a Secret the controller is not allowed to read."""
+    c = cache({"images": ["nginx"], "imagePullSecrets": ["imc/own", "a/x", "b/y"]})
+    plan = rc.plan(observed(c), replace(SETTINGS, pull_secret_namespaces=allowed), NOW)
+    copies = [a for a in plan.actions if isinstance(a, CopyPullSecrets)]
+    if refused is None:
+        assert copies
+        return
+    assert not copies and "Create Job" not in kinds(plan)
+    status = status_of(plan)
+    assert status["phase"] == "Failed"
+    index = ["imc/own", "a/x", "b/y"].index(refused)
+    assert status["message"].startswith(
+        f"spec.imagePullSecrets[{index}] {refused}: the controller may not read Secrets in "
+        f"namespace {refused[0]}"
+    )
+    assert "controller.pullSecretNamespaces" in status["message"]
+    assert "Emit PullSecretNotAllowed" in kinds(plan)

@@ -99,8 +99,8 @@ def test_names_fit_kubernetes_limits(length: int) -> None:
     names = [
         rn.pvc_name(cache, bid),
         rn.primary_name(cache, bid),
-        rn.copy_name(cache),
-        rn.copy_content_name(cache, "n" * 63, bid),
+        rn.copy_name(cache, bid),
+        rn.copy_content_name("0f8c7a1e-uid", cache, "n" * 63, bid),
         rn.secret_name(cache, bid),
     ]
     assert all(len(name) <= 253 for name in names)
@@ -142,7 +142,10 @@ def test_builder_job_is_hardened() -> None:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "4Gi"},  # fits beside other pods on 2 CPUs
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
     assert "--serve-credentialed" in container["args"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[mb.SECRETS_MOUNT]["readOnly"] is True and "/tmp" in mounts

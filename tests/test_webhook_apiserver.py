@@ -3,7 +3,8 @@
 `imagecache serve` runs as a subprocess over TLS on 127.0.0.1, watching ImageCaches in the
 apiserver; a MutatingWebhookConfiguration points at it by `url`. Pods are created the ways
 users create them (kubectl create with generateName, a Deployment, a Job, a server-side dry
-run); the test plays the controller by writing ImageCache status.
+run); the test plays the controller by writing ImageCache status (phase, the images with
+their digests, the copies in status.namespaces).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 import pytest
 import yaml
 from envtest import ControlPlane, free_port
+
+from tests.cachefactory import fake_digest
+from webhook.core.imageref import normalize
 
 pytestmark = pytest.mark.envtest
 ANNOTATED = {"imagecache.dev/use-image-cache": "auto"}
@@ -171,7 +175,21 @@ def webhook(apiserver: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     apiserver.kubectl("delete", "mutatingwebhookconfiguration", "imagecache-test", check=False)
 
 
-def make_cache(plane: ControlPlane, name: str, images: list[str], *, restore: str) -> None:
+def copy_entry(name: str, namespace: str, ready: bool = True, snapshot: str = "") -> dict[str, Any]:
+    snapshot = snapshot or f"imagecache-{name}"
+    return {"namespace": namespace, "snapshotName": snapshot, "readyToUse": ready}
+
+
+def make_cache(
+    plane: ControlPlane,
+    name: str,
+    images: list[str],
+    *,
+    restore: str,
+    copies: list[dict[str, Any]] | None = None,
+) -> None:
+    """A Ready cache built from `images` (status.images with digests), with ready copies in
+    wh-web and wh-team unless `copies` says otherwise."""
     plane.apply(
         {
             "apiVersion": "imagecache.dev/v1alpha1",
@@ -180,9 +198,13 @@ def make_cache(plane: ControlPlane, name: str, images: list[str], *, restore: st
             "spec": {"images": images},
         }
     )
+    if copies is None:
+        copies = [copy_entry(name, "wh-web"), copy_entry(name, "wh-team")]
+    built = [{"image": normalize(i), "digest": fake_digest(i), "size": 1} for i in images]
     status = {
-        "status": {"phase": "Ready", "restoreSize": restore, "snapshotName": f"imagecache-{name}"}
-    }
+        "status": {"phase": "Ready", "restoreSize": restore, "snapshotName": f"imagecache-{name}",
+                   "images": built, "namespaces": copies}
+    }  # fmt: skip
     plane.kubectl(
         "patch",
         "imagecache",
@@ -256,7 +278,9 @@ def get(plane: ControlPlane, *args: str) -> dict[str, Any]:
     return got
 
 
-def assert_cached(pod: dict[str, Any], cache: str, storage: str) -> None:
+def assert_cached(
+    pod: dict[str, Any], cache: str, storage: str, snapshot: str = ""
+) -> None:
     assert decision_of(pod) == "hit", pod["metadata"]
     assert pod["metadata"]["annotations"]["imagecache.dev/cache"] == cache
     assert pod["metadata"]["labels"]["imagecache.dev/cache"] == cache
@@ -266,7 +290,7 @@ def assert_cached(pod: dict[str, Any], cache: str, storage: str) -> None:
     assert claim["dataSource"] == {
         "apiGroup": "snapshot.storage.k8s.io",
         "kind": "VolumeSnapshot",
-        "name": f"imagecache-{cache}",
+        "name": snapshot or f"imagecache-{cache}",
     }
     assert claim["resources"]["requests"]["storage"] == storage
     assert {"name": "imagecache", "mountPath": "/var/lib/imagecache", "readOnly": True} in (
@@ -342,6 +366,14 @@ def test_deployment_and_job_pods_are_patched(apiserver: ControlPlane, webhook: W
         )
         for pod in get(apiserver, "pods", "-n", "wh-web", "-l", selector)["items"]:
             assert_cached(pod, "wh-web", "10Gi")
+            # Pinned (issue 10.5); the workload's own template keeps the tag.
+            pinned = f"nginx:1.25@{fake_digest('nginx:1.25')}"
+            assert pod["spec"]["containers"][0]["image"] == pinned
+            assert json.loads(pod["metadata"]["annotations"]["imagecache.dev/pinned-images"]) == {
+                "web": "nginx:1.25"
+            }
+    deployment = get(apiserver, "deployment", "-n", "wh-web", "d")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.25"
 
 
 def test_server_side_dry_run_is_patched_and_not_stored(
@@ -443,6 +475,91 @@ def test_explain_reads_the_cluster(
     assert "Traceback" not in missing.stderr
 
 
+def test_pods_get_their_images_pinned_to_the_cached_digests(
+    apiserver: ControlPlane, webhook: Webhook
+) -> None:
+    """Issue 10.5: the pod runs what its disk holds, whatever the tag points at upstream."""
+    manual = {"imagecache.dev/use-image-cache": "wh-web"}
+    manifest = pod_manifest(["nginx:1.25", "postgres:16"], manual)
+    manifest["spec"]["initContainers"] = [{"name": "init", "image": "busybox:1.36"}]
+    created, _ = create(apiserver, "wh-web", manifest)
+    pod = get(apiserver, "pod", "-n", "wh-web", created["metadata"]["name"])
+    assert decision_of(pod) == "mismatch"
+    assert [c["image"] for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]] == [
+        f"busybox:1.36@{fake_digest('busybox:1.36')}",
+        f"nginx:1.25@{fake_digest('nginx:1.25')}",
+        "postgres:16",  # not in the cache: as written
+    ]
+    assert json.loads(pod["metadata"]["annotations"]["imagecache.dev/pinned-images"]) == {
+        "init": "busybox:1.36", "c0": "nginx:1.25"
+    }  # fmt: skip
+    off = pod_manifest(["nginx:1.25"], {**ANNOTATED, "imagecache.dev/pin": "false"})
+    created, _ = create(apiserver, "wh-web", off)
+    assert created["spec"]["containers"][0]["image"] == "nginx:1.25"
+    assert_cached(created, "wh-web", "10Gi")
+
+
+def test_a_cache_is_used_only_where_its_copy_is_ready(
+    apiserver: ControlPlane, webhook: Webhook
+) -> None:
+    """Issue 10.1: a Ready cache whose copy in the pod's namespace is not ready leaves the pod
+    unchanged (decision unavailable, no volume, so no claim that cannot be provisioned); once
+    the copy is ready, pods clone that copy's snapshot."""
+    apiserver.kubectl("create", "namespace", "wh-copy", check=False)
+    make_cache(apiserver, "wh-copy", ["httpd:2.4"], restore="3Gi",
+               copies=[copy_entry("wh-copy", "wh-copy", ready=False)])  # fmt: skip
+    manifest = pod_manifest(["httpd:2.4"])
+    wait_for(
+        lambda: decision_of(dry_run(apiserver, "wh-copy", manifest)) == "unavailable",
+        "the webhook to see the cache without a ready copy",
+        webhook,
+    )
+    created, stderr = create(apiserver, "wh-copy", manifest)
+    pod = get(apiserver, "pod", "-n", "wh-copy", created["metadata"]["name"])
+    assert "no ready copy in namespace wh-copy yet" in stderr
+    assert pod["metadata"]["annotations"]["imagecache.dev/cache"] == "wh-copy"
+    assert pod["metadata"]["labels"]["imagecache.dev/decision"] == "unavailable"
+    assert "volumes" not in pod["spec"], pod["spec"]
+    assert pod["spec"]["containers"][0]["image"] == "httpd:2.4"
+    assert "volumeMounts" not in pod["spec"]["containers"][0]
+    # required still means: deny when no cache can be used.
+    required = pod_manifest(["httpd:2.4"], {**ANNOTATED, "imagecache.dev/required": "true"})
+    denied = apiserver.kubectl("create", "-n", "wh-copy", "-f", "-", check=False,
+                               input=yaml.safe_dump(required))  # fmt: skip
+    assert denied.returncode != 0 and "no ready copy in namespace wh-copy" in denied.stderr
+
+    # The controller's copy becomes ready, under a name of its choosing.
+    apiserver.kubectl(
+        "patch", "imagecache", "wh-copy", "--subresource=status", "--type=merge", "-p",
+        json.dumps({"status": {"namespaces": [
+            copy_entry("wh-copy", "wh-copy", snapshot="imagecache-wh-copy-7f3a")
+        ]}}),
+    )  # fmt: skip
+    wait_for(
+        lambda: decision_of(dry_run(apiserver, "wh-copy", manifest)) == "hit",
+        "the webhook to see the ready copy",
+        webhook,
+    )
+    created, _ = create(apiserver, "wh-copy", manifest)
+    name = created["metadata"]["name"]
+    assert_cached(get(apiserver, "pod", "-n", "wh-copy", name), "wh-copy", "3Gi",
+                  "imagecache-wh-copy-7f3a")  # fmt: skip
+    claim_name = f"{name}-imagecache"
+    wait_for(
+        lambda: apiserver.kubectl(
+            "get", "pvc", "-n", "wh-copy", claim_name, check=False
+        ).returncode == 0,
+        f"PVC {claim_name}",
+    )
+    claim = get(apiserver, "pvc", "-n", "wh-copy", claim_name)
+    assert claim["spec"]["dataSource"]["name"] == "imagecache-wh-copy-7f3a"
+    # Only the pod that got the cache has a claim.
+    claims = get(apiserver, "pvc", "-n", "wh-copy")["items"]
+    assert [c["metadata"]["name"] for c in claims] == [claim_name]
+    apiserver.kubectl("delete", "imagecache", "wh-copy")
+
+
+# Last: it stops the module's webhook.
 def test_with_the_webhook_down_pods_are_still_created(
     apiserver: ControlPlane, webhook: Webhook
 ) -> None:

@@ -67,7 +67,10 @@ def parser() -> argparse.ArgumentParser:
         help="image of the builder Job (default: $IMAGECACHE_IMAGE; the controller's own)",
     )
     p.add_argument("--builder-command", default="imagecache", help="the image's console script")
-    p.add_argument("--builder-cpu", default="2", help="builder CPU request (default 2)")
+    p.add_argument("--builder-cpu", default="500m", help="builder CPU request (default 500m)")
+    p.add_argument(
+        "--builder-cpu-limit", default="2", help="builder CPU limit (default 2; '' for none)"
+    )
     p.add_argument("--builder-memory", default="4Gi", help="builder memory (default 4Gi)")
     p.add_argument("--builder-service-account", help="service account of the builder pods")
     p.add_argument("--storage-class", help="default StorageClass of build disks")
@@ -92,7 +95,16 @@ def parser() -> argparse.ArgumentParser:
         "--in-use-grace",
         type=_non_negative,
         default=300,
-        help="seconds a new pod protects its cache from deletion and replacement (default 300)",
+        help="seconds a new pod whose cache claim is not made yet protects the snapshot it "
+        "clones (default 300; a claim not yet Bound protects it for as long as it takes)",
+    )
+    p.add_argument(
+        "--pull-secret-namespace",
+        action="append",
+        dest="pull_secret_namespaces",
+        default=[],
+        help="a namespace whose Secrets spec.imagePullSecrets may name (repeatable; '*': any; "
+        "default: only --namespace). Must match the RBAC that lets the controller get them",
     )
     p.add_argument(
         "--cache-selector", help="label selector: reconcile only the ImageCaches it selects"
@@ -183,12 +195,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         default_size_gib=args.default_cache_size,
         platforms=tuple(args.platforms or ("linux/amd64",)),
         cpu=args.builder_cpu,
+        cpu_limit=args.builder_cpu_limit or None,
         memory=args.builder_memory,
         build_deadline_seconds=args.build_deadline,
         backoff_limit=args.backoff_limit,
         in_use_grace_seconds=args.in_use_grace,
         builder_service_account=args.builder_service_account,
         resync_seconds=args.resync,
+        pull_secret_namespaces=tuple(args.pull_secret_namespaces),
     )
 
 

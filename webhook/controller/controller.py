@@ -16,6 +16,7 @@ import aiohttp
 
 from webhook.controller.metrics import Metrics
 from webhook.controller.workqueue import WorkQueue
+from webhook.core import manifests_snapshot as ms
 from webhook.core import names
 from webhook.core import reconcile_cache as planner
 from webhook.core import reconcile_failures as rf
@@ -52,11 +53,39 @@ def _pod_cache(obj: Obj) -> str | None:
     return str(name) if name else None
 
 
+def _claim_cache(obj: Obj) -> str | None:
+    name = ((obj.get("metadata") or {}).get("labels") or {}).get(names.CACHE)
+    return str(name) if name else None
+
+
 def _decided(obj: Obj) -> bool:
     meta = obj.get("metadata") or {}
     return names.DECISION in (meta.get("annotations") or {}) or names.CACHE in (
         meta.get("labels") or {}
     )
+
+
+def _copy_namespace(obj: Obj) -> str | None:
+    """The namespace a copy (its VolumeSnapshot or its content) is for; None if no copy."""
+    meta = obj.get("metadata") or {}
+    if (meta.get("labels") or {}).get(rn.COMPONENT_LABEL) != rn.COPY:
+        return None
+    ref = (obj.get("spec") or {}).get("volumeSnapshotRef") or {}
+    return str(meta.get("namespace") or ref.get("namespace") or "") or None
+
+
+def _copy_problem(obj: Obj, exc: ApiError) -> str:
+    meta = obj.get("metadata") or {}
+    namespace = _copy_namespace(obj)
+    if exc.status == 404:
+        return f"namespace {namespace} does not exist: create it, or drop it from spec.namespaces"
+    if exc.status == 403:
+        return (
+            f"{obj.get('kind')} {meta.get('name')} could not be created ({exc.message}): a "
+            f"terminating namespace, or the controller's RBAC lacks create on "
+            f"{obj.get('kind')} in {namespace}"
+        )
+    return f"{obj.get('kind')} {meta.get('name')} was refused: {exc.message}"
 
 
 def now_utc() -> datetime:
@@ -107,6 +136,21 @@ class Controller:
         self.snapshots = informer(k.SNAPSHOT, label_selector=managed)
         self.contents = informer(k.CONTENT, label_selector=managed)
         self.classes = informer(k.SNAPSHOT_CLASS, handler=self._on_class, index=None)
+        # Pods' cache disks being cloned (the webhook labels the claim template): a snapshot
+        # one of them still clones from is in use. Build disks are ours, not pods'.
+        self.claims = informer(
+            k.PVC,
+            label_selector=f"{names.CACHE},{rn.MANAGED_BY}!={rn.MANAGER}",
+            index=_claim_cache,
+            name="claims",
+        )
+        # Namespaces that opt in get copies before their first pod asks.
+        self.namespaces = informer(
+            k.NAMESPACE,
+            label_selector=names.NAMESPACE_AUTO_LABEL,
+            handler=self._on_namespace,
+            index=None,
+        )
         # Pods the webhook decided on: a hit carries the cache label, but a miss only an
         # annotation, which no selector can pick; so all pods are watched and only decided
         # ones kept (--pod-selector narrows the watch, e.g. to imagecache.dev/cache).
@@ -128,6 +172,8 @@ class Controller:
             self.contents,
             self.classes,
             self.user_pods,
+            self.claims,
+            self.namespaces,
         ]
         self._by_kind = {
             "Job": self.jobs,
@@ -140,6 +186,7 @@ class Controller:
         self._pod_events: asyncio.Queue[m.UserPod] = asyncio.Queue()
         self._matched: dict[str, datetime] = {}  # cache -> newest matched pod, not yet written
         self._primary_contents: dict[str, m.ContentState] = {}
+        self._copy_problems: dict[str, dict[str, str]] = {}  # cache -> namespace -> why
         self.reconcile_count = 0
         self.started = False
 
@@ -159,6 +206,11 @@ class Controller:
         for cache in self.caches:
             phase = (cache.get("status") or {}).get("phase")
             if phase != planner.READY:
+                self._on_cache(kind, cache)
+
+    def _on_namespace(self, kind: str, obj: Obj) -> None:
+        for cache in self.caches:
+            if (cache.get("status") or {}).get("phase") == planner.READY:
                 self._on_cache(kind, cache)
 
     def _on_user_pod(self, kind: str, obj: Obj) -> None:
@@ -217,13 +269,16 @@ class Controller:
             ),
             snapshots=snapshots,
             contents=tuple(contents),
-            pods=tuple(
-                pod
-                for pod in (m.user_pod_state(p) for p in self.user_pods.indexed(name))
-                if pod.annotations.get(names.DECISION, rp.HIT) in rp.MATCHED
-            ),
+            pods=tuple(m.user_pod_state(p) for p in self.user_pods.indexed(name)),
             snapshot_classes=tuple(m.snapshot_class_state(c) for c in self.classes),
             classes_known=classes_known,
+            claims=tuple(m.claim_state(c) for c in self.claims.indexed(name)),
+            labelled_namespaces=tuple(
+                str((n.get("metadata") or {}).get("name"))
+                for n in self.namespaces
+                if not (n.get("metadata") or {}).get("deletionTimestamp")
+            ),
+            copy_problems=dict(self._copy_problems.get(name, {})),
         )
 
     async def _primary_content(self, name: str) -> m.ContentState | None:
@@ -246,6 +301,7 @@ class Controller:
     async def reconcile(self, name: str) -> float | None:
         obj = self.caches.get("", name)
         if obj is None:
+            self._copy_problems.pop(name, None)
             return None
         observed = await self.observe(obj)
         plan = planner.plan(observed, self.settings, self.clock())
@@ -261,6 +317,7 @@ class Controller:
     async def execute(self, plan: m.Plan, observed: m.Observed, obj: Obj) -> None:
         cache = observed.cache
         skip_event = False
+        refused: set[str] = set()  # namespaces a copy could not be made in, this pass
         for action in plan.actions:
             if isinstance(action, m.Emit):
                 if not skip_event:
@@ -269,7 +326,13 @@ class Controller:
                 continue
             skip_event = False
             if isinstance(action, m.Create):
-                skip_event = not await self._create(action.obj)
+                namespace = _copy_namespace(action.obj)
+                if namespace in refused:
+                    skip_event = True  # never a snapshot bound to a content not ours
+                    continue
+                skip_event = not await self._create(action.obj, cache.name)
+                if namespace and namespace in self._copy_problems.get(cache.name, {}):
+                    refused.add(namespace)
             elif isinstance(action, m.Delete):
                 await self._delete(action)
             elif isinstance(action, m.CopyPullSecrets):
@@ -291,24 +354,62 @@ class Controller:
                     if exc.status not in (404, 409):
                         raise
 
-    async def _create(self, obj: Obj) -> bool:
-        """Create; False if it already existed (or its namespace does not)."""
+    async def _create(self, obj: Obj, cache: str) -> bool:
+        """Create; False if it already existed (or, for a copy, could not be made: the
+        copy's problem is kept for the cache's status, and the reconcile goes on)."""
         meta = obj.get("metadata") or {}
+        copy = (meta.get("labels") or {}).get(rn.COMPONENT_LABEL) == rn.COPY
         try:
             created = await self.kube.create(obj)
         except ApiError as exc:
             if exc.status == 409:
+                if copy:
+                    await self._check_copy(obj, cache)
                 return False
-            namespace = meta.get("namespace")
-            if namespace and namespace != self.settings.namespace and exc.status in (403, 404):
-                # A copy for a namespace that is gone or terminating: nothing to copy into.
-                log.warning("not copying into namespace %s: %s", namespace, exc.message)
+            if copy and exc.status in (403, 404, 422):
+                self._copy_failed(cache, obj, _copy_problem(obj, exc))
                 return False
             raise
         informer = self._by_kind.get(str(obj.get("kind")))
         if informer is not None:
             informer.remember(created)
+        if copy:
+            self._copy_failed(cache, obj, None)
         return True
+
+    async def _check_copy(self, obj: Obj, cache: str) -> None:
+        """A copy's name was taken: it must be this cache's copy, never assumed to be."""
+        meta = obj.get("metadata") or {}
+        res = k.resource(str(obj["apiVersion"]), str(obj["kind"]))
+        try:
+            existing = await self.kube.get(res, meta.get("namespace"), str(meta["name"]))
+        except ApiError as exc:
+            if exc.status == 404:  # gone meanwhile: the next pass makes it
+                self.queue.add_after(cache, 1.0)
+                return
+            raise
+        foreign = ms.foreign_copy(existing, obj)
+        if foreign is None:
+            informer = self._by_kind.get(str(obj.get("kind")))
+            if informer is not None:
+                informer.remember(existing)
+            self._copy_failed(cache, obj, None)
+            return
+        self._copy_failed(cache, obj, f"{foreign}: delete or rename it to let the copy be made")
+
+    def _copy_failed(self, cache: str, obj: Obj, problem: str | None) -> None:
+        """Keep (or clear) why a copy into a namespace failed; a change is logged and the
+        cache reconciled again soon, so its status and Events say it."""
+        namespace = _copy_namespace(obj) or ""
+        problems = self._copy_problems.setdefault(cache, {})
+        if problems.get(namespace) == problem or (problem is None and namespace not in problems):
+            return
+        if problem is None:
+            del problems[namespace]
+            return
+        problems[namespace] = problem
+        log.warning("%s: copy into namespace %s: %s", cache, namespace, problem)
+        self.queue.add_after(cache, 0.5)
 
     async def _delete(self, action: m.Delete) -> None:
         res = k.resource(action.api_version, action.kind)
@@ -346,7 +447,7 @@ class Controller:
                     "it must be of type kubernetes.io/dockerconfigjson",
                 )
             data[secret_key(index)] = value
-        await self._create({**action.secret, "data": data})
+        await self._create({**action.secret, "data": data}, "")
         return None
 
     async def _patch_status(self, cache: m.Cache, patch: Obj, observed: m.Observed) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from webhook.core import names
+from webhook.core.cache_namespaces import usable_namespaces
 from webhook.core.imageref import ImageRef, InvalidReference, parse
 from webhook.core.quantity import GIB, InvalidQuantity, parse_bytes
 
@@ -49,6 +50,10 @@ class CacheView:
     expire_time: datetime | None
     namespaces: frozenset[str] | None  # None: every namespace
     bad_images: tuple[str, ...] = ()  # spec images that do not parse (explained, not matched)
+    # status.namespaces: namespace -> the snapshot a pod's disk there clones, ready copies only
+    copies: Mapping[str, str] = field(default_factory=dict)
+    # status.images: image key (name:tag) -> the digest the build resolved it to
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def order(self) -> tuple[int, float, str]:
@@ -65,8 +70,9 @@ class CacheView:
     def usable_from(self, namespace: str) -> bool:
         return self.namespaces is None or namespace in self.namespaces
 
-    def unusable_reason(self, namespace: str, now: datetime) -> str | None:
-        """Why a pod in `namespace` cannot use this cache now, or None if it can."""
+    def closed_reason(self, namespace: str, now: datetime) -> str | None:
+        """Why a pod in `namespace` may not use this cache at all now (phase, expiry,
+        namespaces), or None if it may once its copy there is ready."""
         if self.phase != READY:
             return f"phase is {self.phase or 'unset'}, not Ready"
         if self.expired(now):
@@ -76,14 +82,32 @@ class CacheView:
             return f"not usable from namespace {namespace!r} (spec.namespaces: {allowed})"
         return None
 
+    def unusable_reason(self, namespace: str, now: datetime) -> str | None:
+        """Why a pod in `namespace` cannot use this cache now, or None if it can: a pod's
+        disk can only clone a ready snapshot of its own namespace."""
+        why = self.closed_reason(namespace, now)
+        if why is None and namespace not in self.copies:
+            return no_ready_copy(namespace)
+        return why
+
+    def waits_for_copy(self, namespace: str, now: datetime) -> bool:
+        """Usable from `namespace` but for its copy there, which is not ready (yet)."""
+        return namespace not in self.copies and self.closed_reason(namespace, now) is None
+
+
+def no_ready_copy(namespace: str) -> str:
+    return f"no ready copy in namespace {namespace} yet"
+
 
 def _str_list(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def _built_keys(images: object) -> set[str]:
-    """Image keys from status.images: each built reference by tag, and pinned by its digest."""
+def _built(images: object) -> tuple[set[str], dict[str, str]]:
+    """From status.images: the image keys (each built reference by tag, and pinned by its
+    digest), and the digest of each reference by tag."""
     keys: set[str] = set()
+    digests: dict[str, str] = {}
     for item in images if isinstance(images, list) else []:
         if not isinstance(item, Mapping):
             continue
@@ -98,7 +122,21 @@ def _built_keys(images: object) -> set[str]:
                 keys.add(parse(f"{ref.name}@{digest}").match_key)
             except InvalidReference:
                 continue
-    return keys
+            if ref.tagged is not None and ref.digest is None:
+                digests[ref.tagged] = digest
+    return keys, digests
+
+
+def _ready_copies(entries: object) -> dict[str, str]:
+    """status.namespaces: namespace -> snapshotName of each copy that is readyToUse."""
+    copies: dict[str, str] = {}
+    for item in entries if isinstance(entries, list) else []:
+        if not isinstance(item, Mapping) or item.get("readyToUse") is not True:
+            continue
+        namespace, snapshot = item.get("namespace"), item.get("snapshotName")
+        if isinstance(namespace, str) and namespace and isinstance(snapshot, str) and snapshot:
+            copies[namespace] = snapshot
+    return copies
 
 
 def cache_view(obj: Mapping[str, Any]) -> CacheView:
@@ -113,7 +151,7 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
             refs.append(parse(text))
         except InvalidReference:
             bad.append(text)
-    built = _built_keys(status.get("images"))
+    built, digests = _built(status.get("images"))
     # What a Ready cache holds is what its snapshot was built from (status.images): during a
     # rebuild spec.images already lists images the served snapshot does not have.
     keys = built if built else {k for r in refs for k in (r.tagged, r.pinned) if k}
@@ -127,14 +165,7 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
             size_bytes = parse_bytes(restore_size)
         except InvalidQuantity:
             restore_size = None
-    namespaces: frozenset[str] | None = None
-    if isinstance(spec.get("namespaces"), list) and spec["namespaces"]:
-        namespaces = frozenset(_str_list(spec["namespaces"]))
-    elif spec.get("imagePullSecrets"):
-        # Images pulled with a secret stay with the namespaces that hold that secret.
-        namespaces = frozenset(
-            s.partition("/")[0] for s in _str_list(spec["imagePullSecrets"]) if "/" in s
-        )
+    namespaces = usable_namespaces(spec)
     # status.storageClassName is the class the controller really used (its default included).
     storage_class = status.get("storageClassName") or spec.get("storageClassName")
     return CacheView(
@@ -149,6 +180,8 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
         expire_time=parse_time(status.get("expireTime")),
         namespaces=namespaces,
         bad_images=tuple(bad),
+        copies=_ready_copies(status.get("namespaces")),
+        digests=digests,
     )
 
 
@@ -156,6 +189,7 @@ def cache_view(obj: Mapping[str, Any]) -> CacheView:
 class _Parts:
     everywhere: tuple[CacheView, ...]  # spec.namespaces unset: usable from every namespace
     listed: dict[str, tuple[CacheView, ...]]  # by namespace, those that list it
+    copied: dict[str, tuple[CacheView, ...]]  # by namespace, those with a ready copy there
 
 
 _versions = itertools.count(1)
@@ -202,25 +236,41 @@ class CacheIndex:
             self._in_order[key] = ordered
         return ordered
 
-    def usable_from(self, key: str, namespace: str) -> tuple[tuple[CacheView, ...], ...]:
-        """in_order(key) without the caches `namespace` may not use (spec.namespaces), as
-        runs, each in order: the caches usable from every namespace, and those that list
-        `namespace`. Split once per change, so a namespace's own caches are found without
-        reading every other namespace's."""
+    def _split(self, key: str) -> _Parts:
+        """in_order(key) split by namespace, once per change, so that a namespace's own
+        caches are found without reading every other namespace's."""
         parts = self._parts.get(key)
         if parts is None:
             everywhere: list[CacheView] = []
             listed: dict[str, list[CacheView]] = {}
+            copied: dict[str, list[CacheView]] = {}
             for cache in self.in_order(key):
                 if cache.namespaces is None:
                     everywhere.append(cache)
                 else:
                     for name in cache.namespaces:
                         listed.setdefault(name, []).append(cache)
-            parts = _Parts(tuple(everywhere), {n: tuple(c) for n, c in listed.items()})
+                for name in cache.copies:
+                    copied.setdefault(name, []).append(cache)
+            parts = _Parts(
+                tuple(everywhere),
+                {n: tuple(c) for n, c in listed.items()},
+                {n: tuple(c) for n, c in copied.items()},
+            )
             self._parts[key] = parts
+        return parts
+
+    def usable_from(self, key: str, namespace: str) -> tuple[tuple[CacheView, ...], ...]:
+        """in_order(key) without the caches `namespace` may not use (spec.namespaces), as
+        runs, each in order: the caches usable from every namespace, and those that list
+        `namespace`."""
+        parts = self._split(key)
         own = parts.listed.get(namespace)
         return (parts.everywhere, own) if own else (parts.everywhere,)
+
+    def copied_to(self, key: str, namespace: str) -> tuple[CacheView, ...]:
+        """in_order(key) with a ready copy in `namespace` (only they can be used there)."""
+        return self._split(key).copied.get(namespace, ())
 
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Start over from a full LIST."""

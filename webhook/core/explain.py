@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from webhook.core.caches import CacheIndex
+from webhook.core.admission import admit
+from webhook.core.caches import CacheIndex, CacheView
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.matching import decide, read_request
-from webhook.core.names import DECISION
-from webhook.core.patch import build_patch, conflict
-from webhook.core.pod_facts import pod_name, read_pod
+from webhook.core.matching import Request
+from webhook.core.names import PIN
+from webhook.core.patch import pins
+from webhook.core.pod_facts import PodFacts, pod_name, read_pod
 
 WORKLOAD_KINDS = (
     "Deployment",
@@ -57,35 +58,31 @@ def explain(
     """Explain what the webhook would do with `pod` given the caches in `index`."""
     facts = read_pod(pod, "the pod")
     name = pod_name(pod)
-    images = facts.images
     lines = [
         f"Pod {name or '(unnamed)'} "
         f"in namespace {namespace}; {len(index)} ImageCache(s) known",
         "Images:",
     ]
-    for image in images:
+    for image in facts.images:
         try:
             lines.append(f"  {image}  ->  {parse(image).match_key}")
         except InvalidReference as exc:
             lines.append(f"  {image}  ->  invalid: {exc.reason}")
-    if facts.decided:
-        lines.append(
-            f"Decision: already decided ({DECISION}={pod['metadata']['annotations'][DECISION]}); "
-            "the webhook leaves this pod unchanged"
-        )
+    admitted = admit(facts, namespace, index, now, default_auto=namespace_auto, explain=True)
+    decision = admitted.decision
+    if decision is None:
+        lines.append(f"Decision: none: {admitted.skipped}")
+        lines.append("Patch: none")
         return "\n".join(lines) + "\n"
-    request = read_request(facts.option_annotations(), namespace_auto=namespace_auto)
-    decision = decide(images, namespace, request, index, now, explain=True)
-    if decision.cache is not None and (blocked := conflict(facts)):
-        decision = decision.unavailable(blocked)
+    request = decision.request
     if request.mode is None:
         lines.append("Request: none (no opt-in annotation, namespace not labelled auto)")
     else:
         what = f"cache {request.cache_name!r}" if request.mode == "manual" else "auto"
         match = "partial" if request.partial else "exact"
         lines.append(
-            f"Request: {what}, {match} match, required={str(request.required).lower()} "
-            f"(from {request.source})"
+            f"Request: {what}, {match} match, required={str(request.required).lower()}, "
+            f"pin={str(request.pin).lower()} (from {request.source})"
         )
     lines.append(f"Decision: {decision.outcome or 'none'}: {decision.reason}")
     if decision.cache is not None:
@@ -93,7 +90,14 @@ def explain(
         created = cache.created.isoformat() if cache.created else "unknown"
         disk = cache.restore_size or f"{cache.size_bytes} bytes"
         lines.append(
-            f"Chosen cache: {cache.name} (phase {cache.phase}, disk {disk}, created {created})"
+            f"Chosen cache: {cache.name} (phase {cache.phase}, disk {disk}, created {created}; "
+            f"snapshot {decision.snapshot} in namespace {namespace})"
+        )
+        lines += _pinning(facts, cache, request)
+    if decision.waiting is not None:
+        lines.append(
+            f"Waiting for: ImageCache {decision.waiting.name}'s copy in namespace {namespace} "
+            "(the controller makes it; later pods get the cache once it is ready)"
         )
     if decision.missing:
         lines.append(
@@ -105,11 +109,21 @@ def explain(
     elif request.mode == "auto":
         lines.append("Rejected candidates: none (no ImageCache holds any of these images)")
     lines += [f"Warning: {w}" for w in decision.warnings]
-    if decision.denied:
-        lines.append(f"The pod would be DENIED: {decision.denied}")
+    if admitted.denied:
+        lines.append(f"The pod would be DENIED: {admitted.denied}")
         return "\n".join(lines) + "\n"
-    ops = build_patch(pod, decision) if decision.outcome else []
-    lines.append("Patch:" if ops else "Patch: none")
-    if ops:
-        lines.append(json.dumps(ops, indent=2))
+    lines.append("Patch:" if admitted.ops else "Patch: none")
+    if admitted.ops:
+        lines.append(json.dumps(admitted.ops, indent=2))
     return "\n".join(lines) + "\n"
+
+
+def _pinning(facts: PodFacts, cache: CacheView, request: Request) -> list[str]:
+    if not request.pin:
+        return [f"Pinning: off ({PIN}: false)"]
+    pinned = pins(facts.containers, cache, request)
+    if not pinned:
+        return ["Pinning: none (no image without a digest that the cache knows the digest of)"]
+    return ["Pinned (the image the disk holds, whatever the tag points at now):"] + [
+        f"  {p.container.name}: {p.container.image}  ->  {p.pinned}" for p in pinned
+    ]

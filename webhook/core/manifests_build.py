@@ -152,7 +152,10 @@ def _job(
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "resources": {
                     "requests": {"cpu": settings.cpu, "memory": settings.memory},
-                    "limits": {"memory": settings.memory},
+                    "limits": {
+                        "memory": settings.memory,
+                        **({"cpu": settings.cpu_limit} if settings.cpu_limit else {}),
+                    },
                 },
                 "securityContext": {
                     "allowPrivilegeEscalation": False,

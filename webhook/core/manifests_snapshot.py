@@ -34,6 +34,14 @@ def primary_snapshot(
     }
 
 
+def _copy_meta(cache: Cache, bid: str) -> Obj:
+    return {
+        "labels": rn.labels(cache.name, rn.COPY, bid),
+        "annotations": {rn.CACHE_ANNOTATION: cache.name, rn.CACHE_UID_ANNOTATION: cache.uid},
+        "ownerReferences": [owner_reference(cache)],
+    }
+
+
 def copy_content(
     cache: Cache,
     namespace: str,
@@ -46,7 +54,8 @@ def copy_content(
         "deletionPolicy": "Retain",  # only the primary's content deletes the real snapshot
         "driver": driver,
         "source": {"snapshotHandle": handle},
-        "volumeSnapshotRef": {"name": rn.copy_name(cache.name), "namespace": namespace},
+        "sourceVolumeMode": "Filesystem",
+        "volumeSnapshotRef": {"name": rn.copy_name(cache.name, bid), "namespace": namespace},
     }
     if snapshot_class:
         spec["volumeSnapshotClassName"] = snapshot_class
@@ -54,30 +63,53 @@ def copy_content(
         "apiVersion": SNAPSHOT_API,
         "kind": "VolumeSnapshotContent",
         "metadata": {
-            "name": rn.copy_content_name(cache.name, namespace, bid),
-            "labels": rn.labels(cache.name, rn.COPY, bid),
-            "annotations": {rn.CACHE_ANNOTATION: cache.name},
-            "ownerReferences": [owner_reference(cache)],
+            "name": rn.copy_content_name(cache.uid, cache.name, namespace, bid),
+            **_copy_meta(cache, bid),
         },
         "spec": spec,
     }
 
 
 def copy_snapshot(cache: Cache, namespace: str, bid: str, snapshot_class: str | None) -> Obj:
-    spec: Obj = {
-        "source": {"volumeSnapshotContentName": rn.copy_content_name(cache.name, namespace, bid)}
-    }
+    content = rn.copy_content_name(cache.uid, cache.name, namespace, bid)
+    spec: Obj = {"source": {"volumeSnapshotContentName": content}}
     if snapshot_class:
         spec["volumeSnapshotClassName"] = snapshot_class
     return {
         "apiVersion": SNAPSHOT_API,
         "kind": "VolumeSnapshot",
         "metadata": {
-            "name": rn.copy_name(cache.name),
+            "name": rn.copy_name(cache.name, bid),
             "namespace": namespace,
-            "labels": rn.labels(cache.name, rn.COPY, bid),
-            "annotations": {rn.CACHE_ANNOTATION: cache.name},
-            "ownerReferences": [owner_reference(cache)],
+            **_copy_meta(cache, bid),
         },
         "spec": spec,
     }
+
+
+def foreign_copy(existing: Obj, wanted: Obj) -> str | None:
+    """Why an object found under a copy's name (a 409 on create) is not that copy, or None
+    when it is: the same cache (uid) and, for a content, the same namespace and snapshot;
+    for a snapshot, the same content."""
+    kind = wanted.get("kind")
+    name = (wanted.get("metadata") or {}).get("name")
+    uid = ((wanted.get("metadata") or {}).get("annotations") or {}).get(rn.CACHE_UID_ANNOTATION)
+    meta = existing.get("metadata") or {}
+    owner = (meta.get("annotations") or {}).get(rn.CACHE_UID_ANNOTATION)
+    spec, want = existing.get("spec") or {}, wanted.get("spec") or {}
+    if owner != uid:
+        return f"{kind} {name} exists and belongs to another cache (uid {owner or 'unset'})"
+    ref = spec.get("volumeSnapshotRef") or {}
+    wanted_ref = want.get("volumeSnapshotRef") or {}
+    if kind == "VolumeSnapshotContent" and (ref.get("namespace"), ref.get("name")) != (
+        wanted_ref.get("namespace"),
+        wanted_ref.get("name"),
+    ):
+        where = f"{ref.get('namespace')}/{ref.get('name')}"
+        return f"{kind} {name} exists and is bound to another snapshot ({where})"
+    source = (spec.get("source") or {}).get("volumeSnapshotContentName")
+    if kind == "VolumeSnapshot" and source != (want.get("source") or {}).get(
+        "volumeSnapshotContentName"
+    ):
+        return f"{kind} {name} exists and points at another content ({source or 'none'})"
+    return None

@@ -1,15 +1,15 @@
 """The matching policy: pod images + caches + namespace -> a decision that explains itself.
 
 DESIGN.md, "Matching policy". Only Ready, unexpired caches usable from the pod's namespace
-take part. auto/exact: caches that hold every image, smallest first, then newest, then by
-name. auto/partial: caches that hold at least one image, most images held first, then the
-same order. manual: the named cache, even when it lacks images.
+and with a ready copy there take part. auto/exact: caches that hold every image, smallest
+first, then newest, then by name. auto/partial: caches that hold at least one image, most
+images held first, then the same order. manual: the named cache, even when it lacks images.
+When the only cache that would do lacks a ready copy in the namespace: `unavailable`.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,12 +17,13 @@ from datetime import datetime
 from typing import Literal
 
 from webhook.core import names
-from webhook.core.caches import READY, CacheIndex, CacheView
+from webhook.core.caches import CacheIndex, CacheView, no_ready_copy
 from webhook.core.imageref import ImageRef, InvalidReference, parse
 from webhook.core.quantity import InvalidQuantity, parse_bytes
 
 Outcome = Literal["hit", "mismatch", "miss", "unavailable"]
 _TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off"})
 REJECTED_LOGGED = 10  # rejections kept without `explain` (for logs; explain lists them all)
 _ORDER = operator.attrgetter("order")
 
@@ -36,6 +37,7 @@ class Request:
     partial: bool = False
     required: bool = False
     disk_size: int | None = None  # bytes, from imagecache.dev/disk-size
+    pin: bool = True  # pin the cached images to their digests (imagecache.dev/pin)
     source: str = ""  # the annotation (or namespace label) that opted in
     problems: tuple[str, ...] = ()  # option values that were ignored, and why
 
@@ -70,12 +72,16 @@ def read_request(annotations: Mapping[str, str], *, namespace_auto: bool = False
             disk_size = parse_bytes(str(annotations[names.DISK_SIZE]))
         except InvalidQuantity as exc:
             problems.append(f"annotation {names.DISK_SIZE} ignored: {exc}")
+    pin = str(annotations.get(names.PIN, "true")).strip().lower() or "true"
+    if pin not in _TRUE and pin not in _FALSE:
+        problems.append(f"annotation {names.PIN}={pin!r} is not true or false; pinning")
     return Request(
         mode=mode,
         cache_name=cache_name,
         partial=match == "partial",
         required=str(annotations.get(names.REQUIRED, "")).strip().lower() in _TRUE,
         disk_size=disk_size,
+        pin=pin not in _FALSE,
         source=source,
         problems=tuple(problems),
     )
@@ -96,6 +102,10 @@ class Decision:
     missing: tuple[str, ...] = ()  # pod images (as written) the chosen cache lacks
     rejected: tuple[Rejected, ...] = ()
     warnings: tuple[str, ...] = ()
+    # unavailable for want of a copy: the cache the pod would get once its namespace's copy
+    # is ready (recorded on the pod, so the controller makes that copy)
+    waiting: CacheView | None = None
+    snapshot: str | None = None  # hit, mismatch: the cache's ready copy in the pod's namespace
 
     @property
     def denied(self) -> str | None:
@@ -115,14 +125,10 @@ class Decision:
             reason=reason,
             cache=None,
             missing=(),
+            waiting=None,
+            snapshot=None,
             warnings=(*self.warnings, f"imagecache: no cache used: {reason}"),
         )
-
-
-@functools.lru_cache(maxsize=8192)
-def _match_key(image: str) -> str:
-    """The match key of a reference that parses (ImageRef computes it on every access)."""
-    return parse(image).match_key
 
 
 def _parse_images(images: Sequence[str]) -> tuple[dict[str, ImageRef], list[str]]:
@@ -172,46 +178,92 @@ def _first_exact(
 ) -> Decision:
     """auto/exact for admission: walk the holders of the rarest image in order, stop at the
     first usable one that holds them all. Past the rejections kept for the log, only the
-    holders usable from the pod's namespace are read. Costs the same with 10 caches or
-    10,000, unless thousands of them are not Ready or expired."""
-    keys = {_match_key(image) for image in refs}
+    holders with a ready copy in the pod's namespace are read. Costs the same with 10 caches
+    or 10,000, unless thousands of them are not Ready or expired."""
+    keys = {ref.match_key for ref in refs.values()}
     rarest = min(keys, key=lambda k: len(index.with_key(k))) if len(keys) > 1 else next(iter(keys))
     rejected: list[Rejected] = []
     chosen: CacheView | None = None
+    waiting: CacheView | None = None
     for cache in index.in_order(rarest):
-        why = cache.unusable_reason(namespace, now)
+        why = cache.closed_reason(namespace, now)
         if why is None and not keys <= cache.keys:
             why = "lacks " + ", ".join(i for i, r in refs.items() if not cache.holds(r))
+        if why is None and namespace not in cache.copies:
+            why = no_ready_copy(namespace)
+            waiting = waiting or cache
         if why is None:
             chosen = cache
             break
         rejected.append(Rejected(cache.name, why))
         if len(rejected) == REJECTED_LOGGED:
             # The walk on would only find the first usable cache: look where it can be.
-            chosen = _first_usable_after(cache, keys, index.usable_from(rarest, namespace), now)
+            chosen = _first_usable_after(cache, keys, index.copied_to(rarest, namespace),
+                                         namespace, now)  # fmt: skip
+            if chosen is None and waiting is None:
+                waiting = _first_waiting_after(
+                    cache, keys, index.usable_from(rarest, namespace), namespace, now
+                )
             break
     if chosen is not None:
         reason = f"ImageCache {chosen.name!r} holds every image"
-        return Decision(request, "hit", reason, chosen, (), tuple(rejected), warnings)
+        return Decision(request, "hit", reason, chosen, (), tuple(rejected), warnings,
+                        snapshot=chosen.copies[namespace])  # fmt: skip
+    if waiting is not None:
+        return _waiting(request, namespace, waiting, tuple(rejected), warnings)
     reason = "no usable ImageCache holds every one of the pod's images"
     return Decision(request, "miss", reason, rejected=tuple(rejected), warnings=warnings)
 
 
 def _first_usable_after(
-    last: CacheView, keys: set[str], runs: Sequence[Sequence[CacheView]], now: datetime
+    last: CacheView, keys: set[str], run: Sequence[CacheView], namespace: str, now: datetime
 ) -> CacheView | None:
-    """The first cache after `last` in auto order that is Ready, unexpired and holds `keys`,
-    from `runs` (each in order; together, the caches the namespace may use)."""
-    after = last.order
+    """The first cache after `last` in auto order, from `run` (in order, each with a ready
+    copy in `namespace`), that `namespace` may use now and that holds `keys`."""
+    for i in range(bisect.bisect_right(run, last.order, key=_ORDER), len(run)):
+        cache = run[i]
+        if keys <= cache.keys and cache.closed_reason(namespace, now) is None:
+            return cache
+    return None
+
+
+def _first_waiting_after(
+    last: CacheView,
+    keys: set[str],
+    runs: Sequence[Sequence[CacheView]],
+    namespace: str,
+    now: datetime,
+) -> CacheView | None:
+    """The first cache after `last` in auto order that holds `keys` and waits for its copy
+    in `namespace`, from `runs` (each in order; together, the caches the namespace may use)."""
     found: CacheView | None = None
     for run in runs:
-        for i in range(bisect.bisect_right(run, after, key=_ORDER), len(run)):
+        for i in range(bisect.bisect_right(run, last.order, key=_ORDER), len(run)):
             cache = run[i]
-            if cache.phase == READY and not cache.expired(now) and keys <= cache.keys:
+            if keys <= cache.keys and cache.waits_for_copy(namespace, now):
                 if found is None or cache.order < found.order:
                     found = cache
                 break
     return found
+
+
+def _waiting(
+    request: Request,
+    namespace: str,
+    cache: CacheView,
+    rejected: tuple[Rejected, ...],
+    warnings: tuple[str, ...],
+) -> Decision:
+    """unavailable: `cache` would be used but its copy in `namespace` is not ready."""
+    reason = f"{no_ready_copy(namespace)}: ImageCache {cache.name!r} is used once it is"
+    return Decision(
+        request,
+        "unavailable",
+        reason,
+        rejected=rejected,
+        warnings=(*warnings, f"imagecache: {reason}; images are pulled from their registries"),
+        waiting=cache,
+    )
 
 
 def _decide_manual(
@@ -228,7 +280,7 @@ def _decide_manual(
     why = (
         f"ImageCache {name!r} does not exist"
         if cache is None
-        else cache.unusable_reason(namespace, now)
+        else cache.closed_reason(namespace, now)
     )
     if cache is None or why is not None:
         reason = f"ImageCache {name!r} cannot be used: {why}" if cache else f"{why}"
@@ -239,11 +291,14 @@ def _decide_manual(
             rejected=(Rejected(name, str(why)),),
             warnings=(*warnings, f"imagecache: {reason}; images are pulled from their registries"),
         )
+    if namespace not in cache.copies:
+        rejected = (Rejected(name, no_ready_copy(namespace)),)
+        return _waiting(request, namespace, cache, rejected, warnings)
+    snapshot = cache.copies[namespace]
     missing = tuple(i for i in dict.fromkeys(images) if i not in refs or not cache.holds(refs[i]))
     if not missing:
-        return Decision(
-            request, "hit", f"ImageCache {name!r} holds every image", cache, (), warnings=warnings
-        )
+        return Decision(request, "hit", f"ImageCache {name!r} holds every image", cache, (),
+                        warnings=warnings, snapshot=snapshot)  # fmt: skip
     listed = ", ".join(missing)
     return Decision(
         request,
@@ -251,6 +306,7 @@ def _decide_manual(
         f"ImageCache {name!r} lacks {listed}",
         cache,
         missing,
+        snapshot=snapshot,
         warnings=(
             *warnings,
             f"imagecache: ImageCache {name!r} lacks {listed}; "
@@ -278,14 +334,18 @@ def _decide_auto(
     wanted = len(keys) + len(bad)
     rejected: list[Rejected] = []
     usable: list[tuple[CacheView, int]] = []
+    waiting: list[tuple[CacheView, int]] = []
     for name, count in held.items():
         cache = index.get(name)
         if cache is None:
             continue
-        why = cache.unusable_reason(namespace, now)
+        why = cache.closed_reason(namespace, now)
         if why is None and not request.partial and count < wanted:
             lacking = [i for i, r in refs.items() if not cache.holds(r)] + list(bad)
             why = f"lacks {', '.join(lacking)}"
+        if why is None and namespace not in cache.copies:
+            why = no_ready_copy(namespace)
+            waiting.append((cache, count))
         if why is not None:
             rejected.append(Rejected(name, why))
         else:
@@ -294,7 +354,14 @@ def _decide_auto(
     if bad:
         listed = ", ".join(bad)
         warnings = (*warnings, f"imagecache: cannot match invalid image references: {listed}")
+
+    def first(pair: tuple[CacheView, int]) -> tuple[object, ...]:
+        return (-pair[1], *pair[0].order) if request.partial else pair[0].order
+
     if not usable:
+        if waiting:
+            return _waiting(request, namespace, min(waiting, key=first)[0], tuple(rejected),
+                            warnings)  # fmt: skip
         scope = "at least one" if request.partial else "every one"
         return Decision(
             request,
@@ -303,7 +370,7 @@ def _decide_auto(
             rejected=tuple(rejected),
             warnings=warnings,
         )
-    usable.sort(key=lambda pair: (-pair[1], *pair[0].order) if request.partial else pair[0].order)
+    usable.sort(key=first)
     chosen = usable[0][0]
     for other, _ in usable[1:]:
         rejected.append(Rejected(other.name, f"usable, but {chosen.name!r} comes first"))
@@ -312,4 +379,5 @@ def _decide_auto(
     reason = f"ImageCache {chosen.name!r} holds " + (
         f"{usable[0][1]} of {wanted} images (partial match)" if missing else "every image"
     )
-    return Decision(request, outcome, reason, chosen, missing, tuple(rejected), warnings)
+    return Decision(request, outcome, reason, chosen, missing, tuple(rejected), warnings,
+                    snapshot=chosen.copies[namespace])  # fmt: skip

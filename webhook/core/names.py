@@ -19,11 +19,13 @@ NAMESPACE_AUTO_LABEL = USE_CACHE  # namespace label imagecache.dev/use-image-cac
 MATCH = f"{GROUP}/match"
 REQUIRED = f"{GROUP}/required"
 DISK_SIZE = f"{GROUP}/disk-size"
+PIN = f"{GROUP}/pin"  # "false": leave the images as written
 
 # Written by the webhook.
 CACHE = f"{GROUP}/cache"  # annotation and label
 DECISION = f"{GROUP}/decision"
 MISSING_IMAGES = f"{GROUP}/missing-images"
+PINNED_IMAGES = f"{GROUP}/pinned-images"  # JSON: container name -> the image it asked for
 
 MIRROR_POD = "kubernetes.io/config.mirror"  # static pods' API copies: never mutated
 

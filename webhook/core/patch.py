@@ -1,21 +1,23 @@
 """The JSONPatch that gives a pod its cache (DESIGN.md, "The patch").
 
-Only `add` operations, and only for what is not there yet: applying the patch to a pod that
-already went through the webhook (reinvocation, a second webhook call) adds nothing, and a
-field the user wrote is never replaced (an RFC 6902 `add` on an existing member would).
+`add` operations for what is not there yet, and the `replace` of the image fields that
+pinning makes: applying the patch to a pod that already went through the webhook
+(reinvocation, a second webhook call) changes nothing, and a field the user wrote is never
+replaced (an RFC 6902 `add` on an existing member would), apart from a cached image's tag
+getting the digest the cache holds.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from webhook.core import names
-from webhook.core.matching import Decision
-from webhook.core.pod_facts import PodFacts, read_pod
+from webhook.core.caches import CacheView
+from webhook.core.imageref import InvalidReference, parse
+from webhook.core.matching import Decision, Request
+from webhook.core.pod_facts import Container, PodFacts, read_pod
 from webhook.core.quantity import format_gib
 
 Op = dict[str, Any]
@@ -44,6 +46,31 @@ def conflict(facts: PodFacts) -> str | None:
     return None
 
 
+class Pin(NamedTuple):
+    container: Container
+    pinned: str  # the image as written, with @digest
+
+
+def pins(containers: tuple[Container, ...], cache: CacheView, request: Request) -> list[Pin]:
+    """The containers whose image the cache holds, pinned to the digest it holds: the pod
+    then runs what its disk holds, and no tag is ever resolved from a disk (DESIGN.md,
+    "Pinning"). That digest is the one the builder resolved the reference to (status.images:
+    the index of a multi-platform image, else the manifest), which is what containerd asks
+    the mirror for first. References with a digest already are left as written."""
+    if not request.pin:
+        return []
+    found: list[Pin] = []
+    for container in containers:
+        try:
+            ref = parse(container.image)
+        except InvalidReference:
+            continue
+        digest = cache.digests.get(ref.match_key) if ref.digest is None else None
+        if digest:
+            found.append(Pin(container, f"{container.image}@{digest}"))
+    return found
+
+
 def _append(present: bool | None, path: str, item: Mapping[str, Any]) -> list[Op]:
     if present is None:
         return [{"op": "add", "path": path, "value": [dict(item)]}]
@@ -52,50 +79,7 @@ def _append(present: bool | None, path: str, item: Mapping[str, Any]) -> list[Op
     return [{"op": "add", "path": f"{path}/-", "value": dict(item)}]
 
 
-class CacheFacts(NamedTuple):
-    """The fields of the chosen cache the patch uses."""
-
-    name: str
-    restore_size: str | None
-    size_bytes: int
-    storage_class: str | None
-
-
-class PatchInput(NamedTuple):
-    """All the patch depends on: a few facts about the pod and the decision."""
-
-    has_metadata: bool
-    annotations: tuple[str, ...] | None  # ours already on the pod; None: no annotations map
-    labels: tuple[str, ...] | None  # our labels already on the pod; None: no labels map
-    volume: bool | None  # a volume named imagecache exists; None: no volumes list
-    mount: bool | None  # containers[0] mounts one named imagecache; None: no volumeMounts
-    outcome: str | None
-    missing: tuple[str, ...]
-    cache: CacheFacts | None
-    disk_size: int | None  # bytes the pod asked for (imagecache.dev/disk-size)
-
-
-def patch_input(facts: PodFacts, decision: Decision) -> PatchInput:
-    cache = decision.cache
-    if cache is None:  # nothing but metadata
-        return PatchInput(
-            facts.has_metadata, facts.annotations, facts.labels, None, None, decision.outcome,
-            decision.missing, None, None,
-        )  # fmt: skip
-    return PatchInput(
-        facts.has_metadata,
-        facts.annotations,
-        facts.labels,
-        facts.volume,
-        facts.mount,
-        decision.outcome,
-        decision.missing,
-        CacheFacts(cache.name, cache.restore_size, cache.size_bytes, cache.storage_class),
-        decision.request.disk_size,
-    )
-
-
-def _volume(cache: CacheFacts, disk_size: int | None) -> dict[str, Any]:
+def _volume(cache: CacheView, snapshot: str, disk_size: int | None) -> dict[str, Any]:
     storage = cache.restore_size or format_gib(cache.size_bytes)
     if disk_size is not None and disk_size > cache.size_bytes:
         storage = format_gib(disk_size)
@@ -103,83 +87,69 @@ def _volume(cache: CacheFacts, disk_size: int | None) -> dict[str, Any]:
     if cache.storage_class:
         spec["storageClassName"] = cache.storage_class
     spec["resources"] = {"requests": {"storage": storage}}
-    spec["dataSource"] = {
-        "apiGroup": names.SNAPSHOT_GROUP,
-        "kind": "VolumeSnapshot",
-        "name": names.snapshot_name(cache.name),
-    }
+    spec["dataSource"] = {"apiGroup": names.SNAPSHOT_GROUP, "kind": "VolumeSnapshot",
+                          "name": snapshot}  # fmt: skip
     template: dict[str, Any] = {"spec": spec}
     if len(cache.name) <= LABEL_VALUE_MAX:
         template["metadata"] = {"labels": {names.CACHE: cache.name}}
     return {"name": names.VOLUME_NAME, "ephemeral": {"volumeClaimTemplate": template}}
 
 
-def _annotations(
-    outcome: str | None, cache: str | None, missing: tuple[str, ...]
-) -> dict[str, str]:
-    if outcome is None:
+def decision_annotations(decision: Decision, pinned: list[Pin] | None = None) -> dict[str, str]:
+    """The annotations that record `decision` (and the images pinned) on the pod."""
+    if decision.outcome is None:
         return {}
-    written: dict[str, str] = {names.DECISION: outcome}
-    if cache is not None:
-        written[names.CACHE] = cache
-    if missing:
-        written[names.MISSING_IMAGES] = ",".join(missing)
+    written: dict[str, str] = {names.DECISION: decision.outcome}
+    named = decision.cache or decision.waiting
+    if named is not None:
+        written[names.CACHE] = named.name
+    if decision.missing:
+        written[names.MISSING_IMAGES] = ",".join(decision.missing)
+    if pinned:
+        asked = {p.container.name: p.container.image for p in pinned}
+        written[names.PINNED_IMAGES] = json.dumps(asked, separators=(",", ":"))
     return written
 
 
-def decision_annotations(decision: Decision) -> dict[str, str]:
-    cache = decision.cache.name if decision.cache is not None else None
-    return _annotations(decision.outcome, cache, decision.missing)
+def _entries(path: str, present: tuple[str, ...] | None, entries: dict[str, str]) -> list[Op]:
+    """Add `entries` to the map at `path`, but those `present` there (None: no map yet)."""
+    if not entries:
+        return []
+    if present is None:
+        return [{"op": "add", "path": path, "value": entries}]
+    return [
+        {"op": "add", "path": f"{path}/{escape(k)}", "value": v}
+        for k, v in entries.items()
+        if k not in present
+    ]
 
 
-def _ops(given: PatchInput) -> list[Op]:
+def patch_ops(facts: PodFacts, decision: Decision) -> list[Op]:
+    """The operations that record `decision` on the pod and, on a hit or mismatch, add the
+    cache (its copy in the pod's namespace) and pin the images it holds."""
     # A pod object always has metadata once stored, but not always in the request.
-    ops: list[Op] = [] if given.has_metadata else [{"op": "add", "path": "/metadata", "value": {}}]
-    cache = given.cache
-    entries = _annotations(given.outcome, cache.name if cache else None, given.missing)
-    if entries:
-        if given.annotations is None:
-            ops.append({"op": "add", "path": "/metadata/annotations", "value": entries})
-        else:
-            ops += [
-                {"op": "add", "path": f"/metadata/annotations/{escape(k)}", "value": v}
-                for k, v in entries.items()
-                if k not in given.annotations
-            ]
+    ops: list[Op] = [] if facts.has_metadata else [{"op": "add", "path": "/metadata", "value": {}}]
+    cache = decision.cache
+    pinned = pins(facts.containers, cache, decision.request) if cache is not None else []
+    ops += _entries("/metadata/annotations", facts.annotations,
+                    decision_annotations(decision, pinned))  # fmt: skip
     # Labels let the controller watch only the pods the webhook decided on, by cache too.
-    labels = {names.DECISION: given.outcome} if given.outcome else {}
-    if cache is not None and len(cache.name) <= LABEL_VALUE_MAX:
-        labels[names.CACHE] = cache.name
-    if labels:
-        if given.labels is None:
-            ops.append({"op": "add", "path": "/metadata/labels", "value": labels})
-        else:
-            ops += [
-                {"op": "add", "path": f"/metadata/labels/{escape(k)}", "value": v}
-                for k, v in labels.items()
-                if k not in given.labels
-            ]
-    if cache is None:
+    labels: dict[str, str] = {names.DECISION: decision.outcome} if decision.outcome else {}
+    named = cache or decision.waiting
+    if named is not None and len(named.name) <= LABEL_VALUE_MAX:
+        labels[names.CACHE] = named.name
+    ops += _entries("/metadata/labels", facts.labels, labels)
+    if cache is None or decision.snapshot is None:
         return ops
-    ops += _append(given.volume, "/spec/volumes", _volume(cache, given.disk_size))
+    ops += [{"op": "replace", "path": f"{p.container.path}/image", "value": p.pinned}
+            for p in pinned]  # fmt: skip
+    volume = _volume(cache, decision.snapshot, decision.request.disk_size)
+    ops += _append(facts.volume, "/spec/volumes", volume)
     mount = {"name": names.VOLUME_NAME, "mountPath": names.MOUNT_PATH, "readOnly": True}
-    ops += _append(given.mount, "/spec/containers/0/volumeMounts", mount)
+    ops += _append(facts.mount, "/spec/containers/0/volumeMounts", mount)
     return ops
 
 
 def build_patch(pod: Mapping[str, Any], decision: Decision) -> list[Op]:
-    """The operations that record `decision` on `pod` and, on a hit or mismatch, add the cache."""
-    return _ops(patch_input(read_pod(pod, "the pod"), decision))
-
-
-def encoded_patch(facts: PodFacts, decision: Decision) -> str:
-    """The patch as the AdmissionReview's `patch` field (base64 of the JSON), "" when there
-    is nothing to add."""
-    return _encoded(patch_input(facts, decision))
-
-
-@functools.lru_cache(maxsize=1024)
-def _encoded(given: PatchInput) -> str:
-    # Encoded once per distinct input: the pods of one template in many namespaces share it.
-    ops = _ops(given)
-    return base64.b64encode(json.dumps(ops).encode()).decode() if ops else ""
+    """patch_ops for a pod object."""
+    return patch_ops(read_pod(pod, "the pod"), decision)

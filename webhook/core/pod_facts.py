@@ -1,8 +1,7 @@
 """What the admission decision reads of a pod, in one pass, checked as it is read.
 
-Everything the decision and the patch depend on fits in a small hashable `PodFacts`: the
-replicas of one workload give equal facts, so the webhook decides for each distinct one once
-(`webhook.core.review`). A pod of the wrong shape raises `BadReview` naming the field.
+Everything the decision and the patch depend on fits in a small `PodFacts`. A pod of the
+wrong shape raises `BadReview` naming the field.
 """
 
 from __future__ import annotations
@@ -21,13 +20,23 @@ OPTIONS = (
     names.MATCH,
     names.DISK_SIZE,
     names.REQUIRED,
+    names.PIN,
 )
-OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES)  # the annotations the patch adds
+# the annotations the patch adds
+OURS = (names.DECISION, names.CACHE, names.MISSING_IMAGES, names.PINNED_IMAGES)
 OUR_LABELS = (names.DECISION, names.CACHE)  # the labels it adds
 
 
 class BadReview(ValueError):
     """The body is not an AdmissionReview (or the object not a pod) this webhook can answer."""
+
+
+class Container(NamedTuple):
+    """A container with an image, as the pod writes it."""
+
+    path: str  # JSON pointer to the container, e.g. /spec/initContainers/0
+    name: str
+    image: str
 
 
 class PodFacts(NamedTuple):
@@ -37,12 +46,17 @@ class PodFacts(NamedTuple):
     decided: bool  # carries imagecache.dev/decision already
     annotations: tuple[str, ...] | None  # OURS already on the pod; None: no annotations map
     labels: tuple[str, ...] | None  # OUR_LABELS already on the pod; None: no labels map
-    images: tuple[str, ...]  # init containers', then containers', as written
+    containers: tuple[Container, ...]  # init containers, then containers, with an image
     first_container: str | None  # the name of containers[0] ("" unnamed); None: no containers
     volume: bool | None  # a volume named imagecache exists; None: no volumes list
     volume_ours: bool  # ... and it is one the webhook added
     mount: bool | None  # containers[0] mounts one named imagecache; None: no volumeMounts
     mount_taken: bool  # containers[0] mounts another volume at the cache's mount path
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The containers' images as written, init containers' first."""
+        return tuple(c.image for c in self.containers)
 
     def option_annotations(self) -> dict[str, str]:
         """The option annotations that are set, as the pod has them."""
@@ -60,16 +74,16 @@ def _not_objects(at: str, field: str) -> BadReview:
 def _is_ours(volume: Mapping[str, Any]) -> bool:
     template = (volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}
     source = (template.get("spec") or {}).get("dataSource") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    named = str(source.get("name", "")).startswith(names.snapshot_name(""))
     return (
         source.get("apiGroup") == names.SNAPSHOT_GROUP
         and source.get("kind") == "VolumeSnapshot"
-        and str(source.get("name", "")).startswith(names.snapshot_name(""))
+        and (named or names.CACHE in labels)
     )
 
 
-_MIRROR_POD, _DECISION, _CACHE, _MISSING = (
-    names.MIRROR_POD, names.DECISION, names.CACHE, names.MISSING_IMAGES
-)  # fmt: skip
+_MIRROR_POD, _DECISION = names.MIRROR_POD, names.DECISION
 _VOLUME, _MOUNT_PATH = names.VOLUME_NAME, names.MOUNT_PATH
 
 
@@ -109,22 +123,16 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
         for k, v in annotations.items():
             if type(v) is not str or type(k) is not str:
                 raise BadReview(f"{at}.metadata.annotations must map strings to strings")
-        get = annotations.get
-        options = (get(OPTIONS[0]), get(OPTIONS[1]), get(OPTIONS[2]), get(OPTIONS[3]),
-                   get(OPTIONS[4]), get(OPTIONS[5]), get(OPTIONS[6]))  # fmt: skip
+        options = tuple(annotations.get(k) for k in OPTIONS)
         mirror = _MIRROR_POD in annotations
         decided = _DECISION in annotations
-        ours = ()
-        if decided or _CACHE in annotations or _MISSING in annotations:
-            ours = tuple([k for k in OURS if k in annotations])
+        ours = tuple(k for k in OURS if k in annotations)
     labels = meta.get("labels")
     our_labels: tuple[str, ...] | None = None
     if labels is not None:
         if type(labels) is not dict:
             raise BadReview(f"{at}.metadata.labels {_not_object(labels)}")
-        our_labels = ()
-        if _DECISION in labels or _CACHE in labels:
-            our_labels = tuple([k for k in OUR_LABELS if k in labels])
+        our_labels = tuple(k for k in OUR_LABELS if k in labels)
 
     spec = pod.get("spec")
     if type(spec) is not dict:
@@ -143,7 +151,7 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
                 volume, volume_ours = True, _is_ours(item)
                 break
 
-    images: list[str] = []
+    with_images: list[Container] = []
     containers = None
     for key in ("initContainers", "containers"):
         containers = spec.get(key)
@@ -151,15 +159,16 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
             continue
         if type(containers) is not list:
             raise _not_objects(at, f"spec.{key}")
-        for container in containers:
+        for n, container in enumerate(containers):
             if type(container) is not dict:
                 raise _not_objects(at, f"spec.{key}")
             image = container.get("image")
             if type(image) is str:
                 if image:
-                    images.append(image)
+                    name = container.get("name")
+                    name = name if type(name) is str else ""
+                    with_images.append(Container(f"/spec/{key}/{n}", name, image))
             elif image is not None:
-                n = containers.index(container)
                 raise BadReview(f"{at}.spec.{key}[{n}].image must be a string")
 
     mount: bool | None = None
@@ -182,6 +191,6 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
                     mount_taken = True
 
     return PodFacts(
-        has_metadata, options, mirror, decided, ours, our_labels, tuple(images), first_name,
+        has_metadata, options, mirror, decided, ours, our_labels, tuple(with_images), first_name,
         volume, volume_ours, mount, mount_taken,
     )  # fmt: skip

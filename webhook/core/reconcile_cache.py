@@ -23,6 +23,7 @@ from typing import Any
 
 from webhook.core import manifests_build as mb
 from webhook.core import manifests_snapshot as ms
+from webhook.core import reconcile_copies as rcp
 from webhook.core import reconcile_failures as rf
 from webhook.core import reconcile_names as rn
 from webhook.core.build_result import (
@@ -31,6 +32,7 @@ from webhook.core.build_result import (
     InvalidBuildResult,
     decode_build_result,
 )
+from webhook.core.cache_namespaces import refused_pull_secret
 from webhook.core.caches import parse_time
 from webhook.core.imageref import InvalidReference, parse
 from webhook.core.quantity import GIB, InvalidQuantity, parse_bytes
@@ -131,17 +133,6 @@ def _snapshot_class(obs: Observed, wanted: str | None) -> tuple[str | None, Prob
     return None, Problem(rf.SNAPSHOT_CLASS_MISSING, rf.snapshot_class_missing(None, known))
 
 
-def allowed_namespaces(spec: Mapping[str, Any]) -> frozenset[str] | None:
-    """DESIGN.md: spec.namespaces, else the pull secrets' namespaces, else all (None)."""
-    listed = spec.get("namespaces")
-    if isinstance(listed, list) and listed:
-        return frozenset(str(n) for n in listed)
-    secrets = spec.get("imagePullSecrets")
-    if isinstance(secrets, list) and secrets:
-        return frozenset(str(s).partition("/")[0] for s in secrets)
-    return None
-
-
 def _condition(
     old: Iterable[Mapping[str, Any]], kind: str, status: str, reason: str, message: str, now: str
 ) -> Obj:
@@ -218,20 +209,12 @@ class _Pass:
     def emit(self, kind: str, reason: str, message: str) -> None:
         self.actions.append(Emit(kind, reason, message))
 
-    def in_use(self, namespace: str | None = None) -> int:
-        """Pods created within the grace period that may still be getting their disk."""
-        grace = timedelta(seconds=self.settings.in_use_grace_seconds)
-        count = 0
-        for pod in self.obs.pods:
-            if namespace is not None and pod.namespace != namespace:
-                continue
-            if pod.phase not in ("", "Pending") or pod.created is None:
-                continue
-            age = self.now - pod.created
-            if age < grace:
-                count += 1
-                self.wait(max(1.0, (grace - age).total_seconds()))
-        return count
+    def in_use(self, snapshots: Iterable[SnapshotState]) -> list[str]:
+        """Who still clones one of `snapshots` (claims not Bound yet): they must not go."""
+        users = rcp.in_use(self.obs, snapshots, self.now, self.settings.in_use_grace_seconds)
+        if users:
+            self.wait(rcp.POLL_SECONDS)
+        return users
 
     def set_conditions(self, ready: tuple[str, str, str], built: tuple[str, str, str]) -> None:
         old = self.status.get("conditions") or []
@@ -344,21 +327,35 @@ def plan(obs: Observed, settings: Settings, now: datetime) -> Plan:
         step.actions.append(AddFinalizer())
     inputs = build_inputs(obs, settings)
     served = step.served()
-    problem = _spec_problem(obs.cache.spec)
+    problem = _spec_problem(obs.cache.spec) or _refused_secret(obs.cache.spec, settings)
     if problem is not None:
         step.fail(served, problem, inputs.bid)
         _clean_stale(step, served, keep=None)
-        return step.finish()
-    if served is not None and served.bid == inputs.bid:
+    elif served is not None and served.bid == inputs.bid:
         _plan_ready(step, served, inputs)
     else:
         _plan_build(step, served, inputs)
+    if DeleteCache() not in step.actions:
+        _plan_copies(step)
     return step.finish()
+
+
+def _refused_secret(spec: Mapping[str, Any], settings: Settings) -> Problem | None:
+    """A pull secret outside the namespaces the controller may read Secrets in."""
+    refused = refused_pull_secret(spec, settings.pull_secret_namespaces, settings.namespace)
+    if refused is None:
+        return None
+    return Problem(
+        rf.PULL_SECRET_REFUSED,
+        rf.pull_secret_refused(
+            *refused, settings.namespace, settings.pull_secret_namespaces
+        ),
+    )
 
 
 def _clean_stale(step: _Pass, served: SnapshotState | None, keep: str | None) -> None:
     """Delete builds other than `keep`, and primaries neither served nor being built, once
-    no copy points at them and no starting pod may still be cloning from them."""
+    no copy points at them and no claim still clones from them."""
     for bid in sorted(step.build_bids() - {keep}):
         if step.delete_build(bid):
             step.emit(
@@ -371,8 +368,8 @@ def _clean_stale(step: _Pass, served: SnapshotState | None, keep: str | None) ->
     for snap in step.primaries():
         if snap.bid in keep_snapshots or snap.deleting:
             continue
-        if snap.ready and (any(c.bid == snap.bid for c in copies) or step.in_use()):
-            continue  # copies get repointed first (see _plan_copies)
+        if snap.ready and (any(c.bid == snap.bid for c in copies) or step.in_use([snap])):
+            continue  # its copies go first (see reconcile_copies)
         step.delete(ms.SNAPSHOT_API, "VolumeSnapshot", snap.namespace, snap.name)
         if snap.ready:
             step.emit(NORMAL, "SnapshotDeleted", f"deleted superseded snapshot {snap.name}")
@@ -402,19 +399,18 @@ def _plan_ready(step: _Pass, served: SnapshotState, inputs: mb.BuildInputs) -> N
         ("True", "Built", f"built from the current spec (build {inputs.bid})"),
     )
     _clean_stale(step, served, keep=None)
-    _plan_copies(step, served, inputs)
     expires = parse_time(expire)
     if expires is None:
         return
     if expires > step.now:
         step.wait(max(1.0, (expires - step.now).total_seconds()))
         return
-    busy = step.in_use()
+    busy = step.in_use(step.obs.snapshots)
     if busy:
-        status["message"] = (
-            f"expired at {expire}; deleting once no pod started in the last "
-            f"{step.settings.in_use_grace_seconds}s may still clone it ({busy} may)"
-        )
+        message = f"expired at {expire}; deleting once no claim clones it ({rcp.few(busy)})"
+        if message != step.obs.cache.status.get("message"):
+            step.emit(NORMAL, "ExpiryDeferred", message)
+        status["message"] = message
         return
     status["phase"] = EXPIRED
     days = step.obs.cache.spec["retentionDays"]
@@ -424,54 +420,28 @@ def _plan_ready(step: _Pass, served: SnapshotState, inputs: mb.BuildInputs) -> N
     step.actions.append(DeleteCache())
 
 
-def _plan_copies(step: _Pass, served: SnapshotState, inputs: mb.BuildInputs) -> None:
-    handle = step.status.get("snapshotHandle")
-    driver = step.status.get("snapshotDriver")
-    if not handle or not driver:
+def _plan_copies(step: _Pass) -> None:
+    """Copies of the served snapshot where the cache is used; status.namespaces."""
+    status = step.status
+    name, handle, driver = (
+        status.get("snapshotName"),
+        status.get("snapshotHandle"),
+        status.get("snapshotDriver"),
+    )
+    snap = next((s for s in step.primaries() if s.name == name and s.ready), None)
+    if snap is None or not handle or not driver or snap.deleting:
+        status.pop("namespaces", None)
         return
-    spec = step.obs.cache.spec
-    allowed = allowed_namespaces(spec)
-    wanted = {str(n) for n in spec.get("namespaces") or []}
-    wanted |= {p.namespace for p in step.obs.pods}
-    if allowed is not None:
-        wanted &= allowed
-    copies = {
-        s.namespace: s
-        for s in step.obs.snapshots
-        if s.component == rn.COPY and s.name == rn.copy_name(step.cache_name)
-    }
-    contents = {c.name: c for c in step.obs.contents}
-    klass = step.status.get("snapshotClassName") or inputs.snapshot_class
-    for namespace in sorted(wanted):
-        copy = copies.get(namespace)
-        content_name = rn.copy_content_name(step.cache_name, namespace, served.bid)
-        if copy is None:
-            if content_name not in contents:
-                step.actions.append(
-                    Create(
-                        ms.copy_content(
-                            step.obs.cache, namespace, served.bid, handle, driver, klass
-                        )
-                    )
-                )
-            step.actions.append(
-                Create(ms.copy_snapshot(step.obs.cache, namespace, served.bid, klass))
-            )
-            step.emit(
-                NORMAL,
-                "SnapshotCopied",
-                f"copied snapshot {served.name} to {namespace}/{rn.copy_name(step.cache_name)}",
-            )
-        elif copy.bid != served.bid and not copy.deleting and not step.in_use(namespace):
-            # A copy of the superseded snapshot: replace it (its name is fixed per namespace).
-            step.delete(ms.SNAPSHOT_API, "VolumeSnapshot", namespace, copy.name)
-    # Contents of copies that are gone or superseded (Retain: the real snapshot stays).
-    live = {s.source_content for s in copies.values() if not s.deleting}
-    for content in step.obs.contents:
-        if content.component != rn.COPY or content.deleting:
-            continue
-        if content.name not in live and content.bid != served.bid:
-            step.delete(ms.SNAPSHOT_API, "VolumeSnapshotContent", None, content.name)
+    klass = status.get("snapshotClassName") or build_inputs(step.obs, step.settings).snapshot_class
+    served = rcp.Served(snap.bid, snap.name, str(handle), str(driver), klass)
+    copies = rcp.plan_copies(step.obs, step.settings, served, step.now)
+    step.actions += copies.actions
+    if copies.requeue is not None:
+        step.wait(copies.requeue)
+    if copies.namespaces:
+        status["namespaces"] = list(copies.namespaces)
+    else:
+        status.pop("namespaces", None)
 
 
 def _plan_build(step: _Pass, served: SnapshotState | None, inputs: mb.BuildInputs) -> None:
@@ -558,7 +528,8 @@ def _plan_sizing(
         step.progress(served, "Sizing", f"Job {name} is measuring the images", bid)
         return None
     if sizer.deleting or not (sizer.succeeded or sizer.failed):
-        step.progress(served, "Sizing", f"Job {name} is measuring the images", bid)
+        if not _blocked(step, served, [p for p in pods if p.component == rn.SIZER], bid):
+            step.progress(served, "Sizing", f"Job {name} is measuring the images", bid)
         return None
     sizer_pods = [p for p in pods if p.component == rn.SIZER]
     outcome = _job_outcome(step, inputs, sizer, sizer_pods)
@@ -572,6 +543,25 @@ def _plan_sizing(
         f"the images take {outcome[0].total_bytes} bytes compressed: a {size}Gi disk",
     )
     return size
+
+
+def _blocked(
+    step: _Pass, served: SnapshotState | None, pods: Iterable[BuilderPod], bid: str
+) -> bool:
+    """A running Job whose pod cannot run (no node fits it, its image cannot be pulled):
+    said in status and, once, in a Warning Event. Not a failure: it may still start."""
+    pod = next((p for p in pods if p.blocked is not None), None)
+    if pod is None or pod.blocked is None:
+        return False
+    settings = step.settings
+    reason, message = rf.builder_blocked(
+        pod.name, *pod.blocked, settings.cpu, settings.memory, settings.builder_image
+    )
+    before = step.obs.cache.status.get("message")
+    step.progress(served, reason, message, bid)
+    if step.status.get("message") != before:
+        step.emit(WARNING, reason, message)
+    return True
 
 
 def _job_outcome(
@@ -620,7 +610,8 @@ def _plan_builder(
 ) -> None:
     bid = inputs.bid
     if job.deleting or not (job.succeeded or job.failed):
-        step.progress(served, "Building", f"builder Job {job.name} is pulling the images", bid)
+        if not _blocked(step, served, [p for p in pods if p.component == rn.BUILDER], bid):
+            step.progress(served, "Building", f"builder Job {job.name} is pulling the images", bid)
         return
     outcome = _job_outcome(step, inputs, job, [p for p in pods if p.component == rn.BUILDER])
     if isinstance(outcome, Problem):
@@ -721,12 +712,9 @@ def _plan_deletion(step: _Pass) -> Plan:
     obs = step.obs
     if rn.FINALIZER not in obs.cache.finalizers:
         return Plan(())
-    busy = step.in_use()
+    busy = step.in_use(obs.snapshots)
     if busy:
-        message = (
-            f"deleting once no pod started in the last {step.settings.in_use_grace_seconds}s "
-            f"may still clone it ({busy} may)"
-        )
+        message = f"deleting once no claim clones its snapshots ({rcp.few(busy)})"
         if step.status.get("message") != message:
             step.status["message"] = message
             step.emit(NORMAL, "DeletionDeferred", message)

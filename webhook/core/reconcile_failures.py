@@ -18,6 +18,7 @@ OUT_OF_MEMORY = "OutOfMemory"
 BUILD_FAILED = "BuildFailed"
 RESULT_UNREADABLE = "BuildResultUnreadable"
 PULL_SECRET_MISSING = "PullSecretMissing"
+PULL_SECRET_REFUSED = "PullSecretNotAllowed"
 TERMINAL = frozenset(
     {
         INVALID_SPEC,
@@ -28,6 +29,7 @@ TERMINAL = frozenset(
         BUILD_FAILED,
         RESULT_UNREADABLE,
         PULL_SECRET_MISSING,
+        PULL_SECRET_REFUSED,
         *(reason.value for reason in Reason),
     }
 )
@@ -114,4 +116,38 @@ def pull_secret_missing(source: str, problem: str) -> str:
     return (
         f"pull secret {source} (spec.imagePullSecrets): {problem}. Create it as a "
         "kubernetes.io/dockerconfigjson Secret or fix the reference"
+    )
+
+
+def pull_secret_refused(index: int, ref: str, own: str, allowed: tuple[str, ...]) -> str:
+    namespace = ref.partition("/")[0]
+    where = ", ".join(sorted({own, *allowed}))
+    return (
+        f"spec.imagePullSecrets[{index}] {ref}: the controller may not read Secrets in "
+        f"namespace {namespace} (allowed: {where}). Use a pull secret from one of those "
+        f"namespaces, or add {namespace} to the chart value controller.pullSecretNamespaces "
+        "(the controller's --pull-secret-namespace)"
+    )
+
+
+def builder_blocked(
+    pod: str, why: str, detail: str, cpu: str, memory: str, image: str
+) -> tuple[str, str]:
+    """The condition reason and message of a builder pod that cannot run, with what to do."""
+    detail = detail.rstrip(". ")
+    if why == "Unschedulable":
+        return "BuilderUnschedulable", (
+            f"builder pod {pod} cannot be scheduled: {detail}. It requests {cpu} CPU and "
+            f"{memory} memory: lower the chart values builder.cpu / builder.memory (the "
+            "controller's --builder-cpu / --builder-memory) or add a node that fits"
+        )
+    if why == "CreateContainerConfigError":
+        return "BuilderCannotStart", (
+            f"builder pod {pod} cannot start: {detail}. Check the builder's ServiceAccount "
+            "and the controller's --builder-* settings"
+        )
+    return "BuilderImagePullFailed", (
+        f"builder pod {pod} cannot pull its image {image} ({why}: {detail}). Check the chart "
+        "values image / builder.image (the controller's --builder-image) and that the nodes "
+        "can pull it (imagePullSecrets)"
     )

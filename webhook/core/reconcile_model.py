@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from webhook.core import names
 from webhook.core import reconcile_names as rn
 from webhook.core.caches import parse_time
 
@@ -24,7 +25,8 @@ class Settings:
     snapshot_class: str | None = None  # None: the cluster's default VolumeSnapshotClass
     default_size_gib: int = 20  # for caches without imageCacheSize; 0 = size automatically
     platforms: tuple[str, ...] = ("linux/amd64",)
-    cpu: str = "2"
+    cpu: str = "500m"  # request: a build fits beside other pods on a small node
+    cpu_limit: str | None = "2"
     memory: str = "4Gi"
     build_deadline_seconds: int = 3600
     backoff_limit: int = 1
@@ -32,6 +34,8 @@ class Settings:
     builder_service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
     resync_seconds: int = 600
+    # Where spec.imagePullSecrets may point besides `namespace`; ("*",): anywhere.
+    pull_secret_namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,9 @@ class BuilderPod:
     exit_code: int | None
     reason: str  # the terminated state's reason: Completed, Error, OOMKilled, ...
     created: datetime | None
+    # Why it cannot run: (Unschedulable | ImagePullBackOff | ..., the kubelet's or the
+    # scheduler's message); None while it can.
+    blocked: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,18 @@ class UserPod:
     created: datetime | None
     phase: str
     annotations: Mapping[str, str] = field(default_factory=dict)
+    clones: str | None = None  # the VolumeSnapshot its imagecache volume's claim clones
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimState:
+    """A PersistentVolumeClaim labelled with a cache: a pod's disk being cloned."""
+
+    namespace: str
+    name: str
+    snapshot: str | None  # spec.dataSource, when it is a VolumeSnapshot
+    bound: bool
+    deleting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +157,9 @@ class Observed:
     pods: tuple[UserPod, ...] = ()
     snapshot_classes: tuple[SnapshotClass, ...] = ()
     classes_known: bool = True  # False: VolumeSnapshotClasses could not be listed
+    claims: tuple[ClaimState, ...] = ()  # pods' claims labelled with this cache
+    labelled_namespaces: tuple[str, ...] = ()  # namespaces labelled use-image-cache
+    copy_problems: Mapping[str, str] = field(default_factory=dict)  # namespace -> why not
 
 
 # Actions. The shell carries them out in order and stops at the first failure (the queue
@@ -292,7 +314,29 @@ def builder_pod_state(obj: Mapping[str, Any]) -> BuilderPod:
         exit_code=exit_code,
         reason=reason,
         created=parse_time(_meta(obj).get("creationTimestamp")),
+        blocked=_blocked(status),
     )
+
+
+BLOCKING_WAITS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
+)
+
+
+def _blocked(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why a pod cannot run: the scheduler found no node, or its image cannot be pulled."""
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return "Unschedulable", str(condition.get("message") or "no node fits it")
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING_WAITS:
+            return str(waiting["reason"]), str(waiting.get("message") or waiting["reason"])
+    return None
 
 
 def owned_state(obj: Mapping[str, Any], kind: str) -> OwnedObject:
@@ -353,6 +397,37 @@ def user_pod_state(obj: Mapping[str, Any]) -> UserPod:
         created=parse_time(meta.get("creationTimestamp")),
         phase=str((obj.get("status") or {}).get("phase") or ""),
         annotations=dict(meta.get("annotations") or {}),
+        clones=_cloned_snapshot(obj),
+    )
+
+
+def _cloned_snapshot(pod: Mapping[str, Any]) -> str | None:
+    """The VolumeSnapshot the webhook's ephemeral volume clones (names.VOLUME_NAME)."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if volume.get("name") != names.VOLUME_NAME:
+            continue
+        template = (volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}
+        source = (template.get("spec") or {}).get("dataSource") or {}
+        if source.get("kind") == "VolumeSnapshot" and source.get("name"):
+            return str(source["name"])
+    return None
+
+
+def claim_name(pod: str) -> str:
+    """The claim the ephemeral volume controller makes for a pod's cache volume."""
+    return f"{pod}-{names.VOLUME_NAME}"
+
+
+def claim_state(obj: Mapping[str, Any]) -> ClaimState:
+    spec = obj.get("spec") or {}
+    source = spec.get("dataSource") or {}
+    snapshot = source.get("name") if source.get("kind") == "VolumeSnapshot" else None
+    return ClaimState(
+        namespace=str(_meta(obj).get("namespace", "")),
+        name=str(_meta(obj).get("name", "")),
+        snapshot=str(snapshot) if snapshot else None,
+        bound=(obj.get("status") or {}).get("phase") == "Bound",
+        deleting=_deleting(obj),
     )
 
 

@@ -23,6 +23,7 @@ BUILD_LABEL = f"{names.GROUP}/build"
 COMPONENT_LABEL = f"{names.GROUP}/component"
 CACHE_ANNOTATION = f"{names.GROUP}/cache-name"  # the full name when the label had to be cut
 RESULT_ANNOTATION = f"{names.GROUP}/build-result"  # on the primary snapshot
+CACHE_UID_ANNOTATION = f"{names.GROUP}/cache-uid"  # on copies: whose they are
 REBUILD_ANNOTATION = f"{names.GROUP}/rebuild"  # any new value forces a rebuild
 SERVE_CREDENTIALED_ANNOTATION = f"{names.GROUP}/serve-credentialed"
 FINALIZER = f"{names.GROUP}/cleanup"
@@ -95,12 +96,18 @@ def primary_name(cache: str, bid: str) -> str:
     return bounded(f"imagecache-{cache}-{bid}", NAME_MAX)
 
 
-def copy_name(cache: str) -> str:
-    return bounded(names.snapshot_name(cache), NAME_MAX)
+def copy_name(cache: str, bid: str) -> str:
+    """A copy in a pod's namespace: per build, so a rebuild's copy is made beside the one
+    pods are cloning, and switched to once ready (status.namespaces names the current one).
+    Never in the controller's namespace, where the primary has this name."""
+    return primary_name(cache, bid)
 
 
-def copy_content_name(cache: str, namespace: str, bid: str) -> str:
-    return bounded(f"imagecache-{cache}-{namespace}-{bid}", NAME_MAX)
+def copy_content_name(uid: str, cache: str, namespace: str, bid: str) -> str:
+    """Cluster-scoped, so unique across caches and namespaces: a hash of the cache's uid,
+    the namespace and the build (the readable prefix is only for people)."""
+    digest = short_hash(f"{uid}/{namespace}/{bid}", 20)
+    return f"{bounded(f'imagecache-{cache}', NAME_MAX - len(digest) - 1)}-{digest}"
 
 
 def pod_event_name(pod: str, uid: str) -> str:

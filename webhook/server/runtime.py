@@ -18,7 +18,7 @@ from aiohttp import web
 
 from webhook.kube.client import Kube
 from webhook.kube.informer import WatchOptions
-from webhook.server.app import State, make_server
+from webhook.server.app import State, make_app
 from webhook.server.cache_file import CacheFile
 from webhook.server.cluster import watch_caches
 from webhook.server.logs import log
@@ -60,7 +60,7 @@ class Webhook:
         )
         self.addresses: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._runner: web.ServerRunner | None = None
+        self._runner: web.AppRunner | None = None
         self._kube: Kube | None = None
 
     def replace(self, objects: list[Mapping[str, Any]]) -> None:
@@ -94,9 +94,9 @@ class Webhook:
                 ),
             )
         self._spawn("tls-reload", self.tls.run(opts.reload_interval))
-        server = make_server(self.state, self.metrics, self.logger)
-        runner = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=opts.shutdown_timeout
+        app = make_app(self.state, self.metrics, self.logger)
+        runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=opts.shutdown_timeout, access_log=None
         )
         await runner.setup()
         self._runner = runner
@@ -111,7 +111,7 @@ class Webhook:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    async def _drain(self, runner: web.ServerRunner) -> None:
+    async def _drain(self, runner: web.AppRunner) -> None:
         # aiohttp's own graceful shutdown ignores bytes that arrive after it starts, so a
         # request whose body is still on its way would be cut off. Close the listener first,
         # let running handlers (and their bodies) finish, then close the connections.
