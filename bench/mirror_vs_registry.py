@@ -120,7 +120,8 @@ def main() -> int:
             ref = f"{up.host}/library/bench:1"
             disk = kubelet_mount(work / "pods", "uid", "pvc")
             make_cache_disk(disk, "bench", [(ref, ref)])
-            mirror = MirrorProcess(work / "pods", work / "mirror.log")
+            # Manifests are read by tag here: the node pool serves tags.
+            mirror = MirrorProcess(work / "pods", work / "mirror.log", "--serve-tags")
             blobs = [b.digest for b in img.layers]
             bases = {"registry": (up.host, ""), "mirror": (mirror.host, f"?ns={up.host}")}
 

@@ -259,6 +259,60 @@ def _remove_etcd_data(workdir: Path) -> None:
         shutil.rmtree(marker.read_text(), ignore_errors=True)
 
 
+def _apiserver_argv(assets: Path, workdir: Path, etcd_url: str, port: int) -> list[str]:
+    """kube-apiserver on 127.0.0.1:`port`, its certificates in `workdir`/certs, the tokens
+    and service-account keys of `workdir`."""
+    return [
+        str(assets / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--advertise-address=127.0.0.1",
+        f"--cert-dir={workdir / 'certs'}",
+        f"--token-auth-file={workdir / 'tokens.csv'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={workdir / 'sa.pub'}",
+        f"--service-account-signing-key-file={workdir / 'sa.key'}",
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--feature-gates=GenericEphemeralVolume=true",
+        "--allow-privileged=true",
+    ]
+
+
+@contextlib.contextmanager
+def second_apiserver(plane: ControlPlane, assets: Path) -> Iterator[tuple[ControlPlane, int]]:
+    """Another kube-apiserver on the same etcd (as in an HA control plane), for tests that
+    pause one apiserver while the other serves. Yields a ControlPlane view of it (its own
+    URL, certificate and kubeconfig; the same token) and its process id."""
+    workdir = Path(tempfile.mkdtemp(prefix="apiserver-", dir=plane.workdir))
+    for name in ("tokens.csv", "sa.pub", "sa.key"):
+        shutil.copy(plane.workdir / name, workdir / name)
+    port = free_port()
+    other = ControlPlane(
+        url=f"https://127.0.0.1:{port}",
+        token=plane.token,
+        ca_file=workdir / "certs" / "apiserver.crt",
+        kubeconfig=workdir / "kubeconfig",
+        workdir=workdir,
+        etcd_url=plane.etcd_url,
+    )
+    write_kubeconfig(other.kubeconfig, other.url, plane.token, other.ca_file)
+    process = _spawn(
+        "kube-apiserver",
+        _apiserver_argv(assets.absolute(), workdir, plane.etcd_url, port),
+        workdir,
+    )
+    other._processes.append(process)
+    try:
+        _wait_ready(other, time.monotonic() + _READY_TIMEOUT)
+        yield other, process.popen.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.popen.pid, signal.SIGCONT)  # a paused one cannot stop
+        other.stop()
+
+
 def _start_once(assets: Path, workdir: Path, controller_manager: bool) -> ControlPlane:
     token = os.urandom(16).hex()
     (workdir / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
@@ -290,26 +344,7 @@ def _start_once(assets: Path, workdir: Path, controller_manager: bool) -> Contro
             )
         )  # fmt: skip
         plane._processes.append(
-            _spawn(
-                "kube-apiserver",
-                [
-                    str(assets / "kube-apiserver"),
-                    f"--etcd-servers={etcd_url}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={api_port}",
-                    "--advertise-address=127.0.0.1",
-                    f"--cert-dir={certs}",
-                    f"--token-auth-file={workdir / 'tokens.csv'}",
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    f"--service-account-key-file={workdir / 'sa.pub'}",
-                    f"--service-account-signing-key-file={workdir / 'sa.key'}",
-                    "--authorization-mode=RBAC",
-                    "--service-cluster-ip-range=10.0.0.0/24",
-                    "--feature-gates=GenericEphemeralVolume=true",
-                    "--allow-privileged=true",
-                ],
-                workdir,
-            )
+            _spawn("kube-apiserver", _apiserver_argv(assets, workdir, etcd_url, api_port), workdir)
         )
         _wait_ready(plane, time.monotonic() + _READY_TIMEOUT)
         if controller_manager:

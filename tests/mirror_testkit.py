@@ -119,9 +119,16 @@ class InProcessMirror:
 
 @contextlib.asynccontextmanager
 async def mirror_in_process(
-    root: Path, *, default_registry: str = "docker.io", depth: int = 2, interval: float = 0.2
+    root: Path,
+    *,
+    default_registry: str = "docker.io",
+    depth: int = 2,
+    interval: float = 0.2,
+    serve_tags: bool = True,
 ) -> AsyncIterator[InProcessMirror]:
-    """The mirror's own classes on 127.0.0.1:<free>, polling disks every `interval`."""
+    """The mirror's own classes on 127.0.0.1:<free>, polling disks every `interval`. Serving
+    tags (`--serve-tags`) by default: the server tests read the disks by tag as skopeo does;
+    the command's default, by digest only, is tested with serve_tags=False."""
     import asyncio
 
     from aiohttp import web
@@ -134,7 +141,7 @@ async def mirror_in_process(
     watcher = DiskWatcher(str(root), [KUBELET_CSI_GLOB], depth)
     metrics = MirrorMetrics()
     await asyncio.to_thread(watcher.refresh)
-    server = MirrorServer(lambda: watcher.index, metrics, default_registry)
+    server = MirrorServer(lambda: watcher.index, metrics, default_registry, serve_tags)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

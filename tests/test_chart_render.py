@@ -388,6 +388,35 @@ def test_the_mirror_runs_on_the_host_network_reading_kubelet_pods_read_only() ->
     assert not [d for d in rendered("default") if d["kind"] == "DaemonSet"]
 
 
+def _kubelet_pods(values: Obj) -> tuple[str, str, str]:
+    """(--root, mount path, host path) of the node DaemonSet rendered with `values`."""
+    daemonset = find(render({"mirror": {"enabled": True}, **values}), "DaemonSet")
+    mirror = container(daemonset, "mirror")
+    (mount,) = [m["mountPath"] for m in mirror["volumeMounts"] if m["name"] == "kubelet-pods"]
+    (host,) = [v["hostPath"]["path"] for v in pod_spec(daemonset)["volumes"]
+               if v["name"] == "kubelet-pods"]  # fmt: skip
+    return mirror["args"][mirror["args"].index("--root") + 1], mount, host
+
+
+def test_the_kubelet_directory_is_one_top_level_value_for_every_node_part() -> None:
+    """Issue 12: kubelets run with other root directories (k3s, microk8s, --root-dir)."""
+    assert _kubelet_pods({}) == ("/var/lib/kubelet/pods",) * 3
+    assert _kubelet_pods({"kubeletDir": "/data/k8s/kubelet/"}) == ("/data/k8s/kubelet/pods",) * 3
+    # The old spelling still works (deprecated), and wins when given.
+    old = {"kubeletDir": "/ignored", "mirror": {"enabled": True, "kubeletDir": "/var/snap/k"}}
+    assert _kubelet_pods(old) == ("/var/snap/k/pods",) * 3
+    assert "kubeletDir" in render_error({"kubeletDir": "relative/dir"})
+
+
+def test_the_mirror_serves_tags_only_when_asked() -> None:
+    """Issue 10.5: by digest only by default; mirror.serveTags for pools where all opt in."""
+    for serve_tags in (False, True):
+        daemonset = find(render({"mirror": {"enabled": True, "serveTags": serve_tags}}),
+                         "DaemonSet")  # fmt: skip
+        for name in ("mirror", "configure-containerd"):
+            assert ("--serve-tags" in container(daemonset, name)["args"]) is serve_tags
+
+
 def test_controller_gets_its_namespace_from_the_downward_api() -> None:
     controller = container(
         find(rendered("default"), "Deployment", f"{FULL}-controller"), "controller"

@@ -23,19 +23,24 @@ def test_serve_runs_until_sigterm_with_a_metrics_listener(tmp_path: Path) -> Non
                                      mirror.proc, 10)
         status, headers, _ = fetch(f"{mirror.url}/v2/")
         assert (status, headers["Docker-Distribution-API-Version"]) == (200, "registry/2.0")
-        status, headers, _ = fetch(f"{mirror.url}/v2/library/a/manifests/1")  # no ns: docker.io
+        # No ns: docker.io. By digest only (no --serve-tags): the tag is the registry's.
+        status, headers, _ = fetch(f"{mirror.url}/v2/library/a/manifests/{digest}")
         assert (status, headers["Docker-Content-Digest"]) == (200, digest)
+        status, _, body = fetch(f"{mirror.url}/v2/library/a/manifests/1")
+        assert status == 404 and b"serves manifests by digest only" in body
         status, _, body = fetch(f"http://{metrics_host}/metrics")
         assert status == 200
         assert 'imagecache_mirror_disks{state="served"} 1.0' in body.decode()
-        assert 'imagecache_mirror_hits_total{kind="manifest",registry="docker.io"} 1.0' in (
-            body.decode())
+        text = body.decode()
+        assert 'imagecache_mirror_hits_total{kind="manifest",registry="docker.io"} 1.0' in text
+        assert 'imagecache_mirror_misses_total{kind="manifest",registry="docker.io"} 1.0' in text
         assert fetch(f"http://{metrics_host}/v2/")[0] == 404  # only /metrics there
     finally:
         mirror.proc.send_signal(signal.SIGTERM)
         assert mirror.stop() == 0
     log = "\n".join(mirror.lines())
     assert "cache disk" in log and "serving 1 repositories" in log
+    assert "manifests by digest only" in log
     assert "node mirror stopped" in log
     assert "Traceback" not in log
 

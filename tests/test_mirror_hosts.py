@@ -33,20 +33,37 @@ MERGES = [
 server = "https://registry-1.docker.io"
 
 [host."http://127.0.0.1:5005"]
+  capabilities = ["pull"]
+'''),
+    ("new, serve tags", None, "docker.io", {"resolve": True}, '''\
+server = "https://registry-1.docker.io"
+
+[host."http://127.0.0.1:5005"]
   capabilities = ["pull", "resolve"]
+'''),
+    ("serve tags no more", '''\
+server = "https://registry-1.docker.io"
+
+[host."http://127.0.0.1:5005"]
+  capabilities = ["pull", "resolve"]
+''', "docker.io", {}, '''\
+server = "https://registry-1.docker.io"
+
+[host."http://127.0.0.1:5005"]
+  capabilities = ["pull"]
 '''),
     ("new, plain http", None, "127.0.0.1:5000", {"plain_http": True}, '''\
 server = "http://127.0.0.1:5000"
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
     ("new, skip verify", None, "ghcr.io", {"skip_verify": True}, '''\
 server = "https://ghcr.io"
 skip_verify = true
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
     ("other hosts kept after the mirror", '''\
 server = "https://registry-1.docker.io"
@@ -59,13 +76,13 @@ ca = "/etc/ca.pem"
     x-custom = ["1"]
 
 [host."https://other.corp"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 ''', "docker.io", {}, '''\
 server = "https://registry-1.docker.io"
 ca = "/etc/ca.pem"
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 
 [host."https://proxy.corp:5000"]
   capabilities = ["pull"]
@@ -75,7 +92,7 @@ ca = "/etc/ca.pem"
   x-custom = ["1"]
 
 [host."https://other.corp"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
     ("the mirror moves first and keeps its own keys", '''\
 [host."https://a.corp"]
@@ -88,7 +105,7 @@ ca = "/etc/ca.pem"
 server = "https://quay.io"
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
   override_path = false
 
 [host."https://a.corp"]
@@ -99,7 +116,7 @@ server = "https://quay.io"
 server = "https://mirror.corp/v2/docker"
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
     ("plain http overrides an existing server", 'server = "https://r:5000"\nskip_verify = true\n',
      "r.local:5000", {"plain_http": True}, '''\
@@ -107,7 +124,7 @@ server = "http://r.local:5000"
 skip_verify = true
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
     ("odd keys and values survive", '''\
 "weird key" = "it's \\"quoted\\" \\\\"
@@ -124,7 +141,7 @@ when = 1979-05-27T07:32:00+00:00
 client = [["/a.crt", "/a.key"]]
 
 [host."http://127.0.0.1:5005"]
-  capabilities = ["pull", "resolve"]
+  capabilities = ["pull"]
 '''),
 ]
 
@@ -257,8 +274,7 @@ def test_configure_writes_each_registry_atomically_and_idempotently(
     assert capsys.readouterr().out.splitlines() == [
         f"{certs}/docker.io/hosts.toml: written", f"{certs}/ghcr.io/hosts.toml: written"]
     hub = certs / "docker.io" / "hosts.toml"
-    assert tomllib.loads(hub.read_text())["host"] == {MIRROR: {"capabilities": ["pull",
-                                                                                 "resolve"]}}
+    assert tomllib.loads(hub.read_text())["host"] == {MIRROR: {"capabilities": ["pull"]}}
     assert list(tomllib.loads((certs / "ghcr.io" / "hosts.toml").read_text())["host"]) == [
         MIRROR, "https://ghcr-cache.corp"]
     assert stat.S_IMODE(hub.stat().st_mode) == 0o644
@@ -274,6 +290,9 @@ def test_configure_writes_each_registry_atomically_and_idempotently(
     assert main([*argv, "--skip-verify", "docker.io"]) == 0
     assert hub.stat().st_ino != inode
     assert tomllib.loads(hub.read_text())["skip_verify"] is True
+    # --serve-tags lets containerd resolve tags at the mirror.
+    assert main([*argv, "--serve-tags"]) == 0
+    assert tomllib.loads(hub.read_text())["host"][MIRROR] == {"capabilities": ["pull", "resolve"]}
 
 
 @pytest.mark.parametrize(

@@ -211,6 +211,35 @@ async def test_range_requests_send_those_bytes(
     assert headers["Content-Length"] == str(end - start + 1)
 
 
+async def test_by_default_manifests_are_served_by_digest_only(world: World) -> None:
+    """Issue 10.5: a tag is the registry's to resolve, or a pod that never opted in would get
+    whatever digest another pod's cache holds for it."""
+    up = world.upstream
+    digest, _, body = manifest_of(up.url, "library/alpha", "1")
+    base = "/v2/library/alpha"
+    async with mirror_in_process(world.root, serve_tags=False) as mirror, \
+            aiohttp.ClientSession() as session:
+        for method in ("GET", "HEAD"):
+            status, _, got = await get(session, f"{mirror.url}{base}/manifests/1?ns={up.host}",
+                                       method, Accept=ACCEPT_ALL)
+            assert status == 404
+        status, _, got = await get(session, f"{mirror.url}{base}/manifests/1?ns={up.host}")
+        error = json.loads(got)["errors"][0]
+        assert error["code"] == "MANIFEST_UNKNOWN"
+        assert "by digest only" in error["message"] and "--serve-tags" in error["message"]
+        status, _, got = await get(session, f"{mirror.url}{base}/tags/list?ns={up.host}")
+        assert status == 404 and json.loads(got)["errors"][0]["code"] == "NAME_UNKNOWN"
+        status, headers, got = await get(
+            session, f"{mirror.url}{base}/manifests/{digest}?ns={up.host}", Accept=ACCEPT_ALL)
+        assert (status, headers["Docker-Content-Digest"], got) == (200, digest, body)
+        assert mirror.metrics.misses.labels(up.host, "manifest")._value.get() == 3
+    async with mirror_in_process(world.root, serve_tags=True) as mirror, \
+            aiohttp.ClientSession() as session:
+        status, headers, _ = await get(
+            session, f"{mirror.url}{base}/manifests/1?ns={up.host}", Accept=ACCEPT_ALL)
+        assert (status, headers["Docker-Content-Digest"]) == (200, digest)
+
+
 async def test_ns_keeps_registries_and_repositories_apart(world: World) -> None:
     up = world.upstream
     hub = manifest_of(up.url, "hubteam/app", "1")

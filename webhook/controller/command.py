@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from webhook.kube.client import Kube
 log = logging.getLogger("imagecache.controller")
 EXIT_LOST_LEASE = 1  # also: could not start (the message says why)
 EXIT_USAGE = 2
+STOP_WITHIN = 2.0  # seconds the parts get to stop on their own after SIGTERM or a lost lease
 
 
 def _positive(text: str) -> int:
@@ -250,20 +252,11 @@ async def run(args: argparse.Namespace) -> int:
     elector: LeaderElector | None = None
     try:
         if args.leader_elect:
-            elector = LeaderElector(
-                kube,
-                LeaseConfig(
-                    namespace=settings.namespace,
-                    name=args.lease_name,
-                    identity=args.identity,
-                    lease_seconds=args.lease_duration,
-                    renew_deadline=args.renew_deadline,
-                    retry_period=args.retry_period,
-                ),
-            )
+            elector = LeaderElector(kube, lease_config(args, settings.namespace))
             log.info("waiting to become leader of %s/%s", settings.namespace, args.lease_name)
             if not await elector.acquire(stop):
                 return 0
+            kube.fence = elector.time_left  # no write once the lease may have passed on
         metrics.leader.set(1)
         running = asyncio.create_task(controller.run(stop))
         if cert_settings is not None:
@@ -271,20 +264,21 @@ async def run(args: argparse.Namespace) -> int:
         if elector is not None:
             holding = asyncio.create_task(elector.hold(stop))
             await asyncio.wait({running, holding}, return_when=asyncio.FIRST_COMPLETED)
-            if holding.done() and not stop.is_set():
+            if holding.done() and not elector.is_leader:
+                metrics.leader.set(0)
                 log.error("lost leadership: stopping")
                 code = EXIT_LOST_LEASE
             stop.set()
             await holding
         try:
-            await running
+            await finish(running, STOP_WITHIN)
         except ControllerError as exc:
             print(f"imagecache controller: {exc}", file=sys.stderr)
             code = EXIT_LOST_LEASE
         finally:
             stop.set()  # the certificate manager stops with the controller
             if certificates is not None:
-                await certificates
+                await finish(certificates, STOP_WITHIN)
     finally:
         metrics.leader.set(0)
         if elector is not None and code == 0:
@@ -292,6 +286,29 @@ async def run(args: argparse.Namespace) -> int:
         await runner.cleanup()
         await kube.close()
     return code
+
+
+async def finish(task: asyncio.Task[None], within: float) -> None:
+    """Let `task` end on its own (it was told to stop), or cancel it after `within` seconds:
+    a request to an apiserver that does not answer must not hold up a shutdown."""
+    await asyncio.wait({task}, timeout=within)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return
+    task.result()
+
+
+def lease_config(args: argparse.Namespace, namespace: str) -> LeaseConfig:
+    return LeaseConfig(
+        namespace=namespace,
+        name=args.lease_name,
+        identity=args.identity,
+        lease_seconds=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -302,6 +319,9 @@ def main(argv: list[str]) -> int:
             "image the builder Jobs run, normally the controller's own",
             file=sys.stderr,
         )
+        return EXIT_USAGE
+    if args.leader_elect and (problem := lease_config(args, args.namespace).problem()):
+        print(f"imagecache controller: {problem}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level,

@@ -21,7 +21,10 @@ from webhook.core.imageref import DOCKER_HUB, InvalidReference
 from webhook.core.mirror_routes import normalize_registry
 
 HOSTS_FILE = "hosts.toml"
-MIRROR_CAPABILITIES = ("pull", "resolve")
+# containerd asks a host without "resolve" for content by digest only (manifests of
+# `name@digest` references, and blobs); tags go to the next host, ending with the registry.
+PULL_ONLY = ("pull",)
+PULL_AND_RESOLVE = ("pull", "resolve")
 # containerd's own default endpoint for Docker Hub; every other registry is its host name.
 _HUB_ENDPOINT = "registry-1.docker.io"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -71,11 +74,13 @@ def merge_hosts(
     *,
     plain_http: bool = False,
     skip_verify: bool = False,
+    resolve: bool = False,
 ) -> str:
     """The hosts.toml text for `registry`: `existing` (or nothing) with `mirror` first.
 
     `server` is kept from the existing file unless plain_http asks for http://; skip_verify
-    sets `skip_verify = true` for the upstream server (never for the mirror)."""
+    sets `skip_verify = true` for the upstream server (never for the mirror). The mirror
+    resolves tags only with `resolve` (a mirror run with --serve-tags)."""
     doc: dict[str, Any] = {}
     if existing is not None:
         try:
@@ -97,7 +102,7 @@ def merge_hosts(
     if skip_verify:
         top["skip_verify"] = True
     ours = dict(hosts.get(mirror) or {})
-    ours["capabilities"] = list(MIRROR_CAPABILITIES)
+    ours["capabilities"] = list(PULL_AND_RESOLVE if resolve else PULL_ONLY)
     top["host"] = {mirror: ours, **{url: h for url, h in hosts.items() if url != mirror}}
     return render_toml(top)
 

@@ -157,6 +157,23 @@ def parse_range(header: str | None, size: int) -> ByteRange | ApiError:
     return ByteRange(start, end - start + 1, size, partial=True)
 
 
+def tag_refused(route: Route, serve_tags: bool) -> ApiError | None:
+    """The 404 for a manifest asked by tag, or a tag list, unless tags are served.
+
+    A tag is the registry's to resolve: from a disk it would hand a pod that never opted in
+    (or one that asks with imagePullPolicy: Always) whatever another pod's cache pinned. Pods
+    that use a cache are pinned to digests by the webhook, so by digest is all they need."""
+    if serve_tags or route.kind not in (MANIFEST, TAGS) or route.by_digest:
+        return None
+    what = "tag lists" if route.kind == TAGS else f"tags ({route.image})"
+    return ApiError(
+        404,
+        "NAME_UNKNOWN" if route.kind == TAGS else "MANIFEST_UNKNOWN",
+        f"this mirror serves manifests by digest only, not {what}: the registry resolves "
+        "tags (imagecache mirror serve --serve-tags serves them from the cache disks)",
+    )
+
+
 def page_of_tags(tags: Iterable[str], n: str | None, last: str | None) -> list[str] | ApiError:
     """The tags/list page `?n=&last=` asks for (distribution's pagination: sorted, after
     `last`, at most n)."""

@@ -105,6 +105,16 @@ def _ssl_context(configuration: Any) -> ssl.SSLContext:
     return context
 
 
+class NotLeading(ApiError):
+    """A write refused before it was sent: this process's leadership has ended (fence)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "NotLeading", "this controller is no longer the leader: not writing")
+
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class ClusterConfigError(Exception):
     """No way to reach the apiserver; the message says what was tried."""
 
@@ -147,6 +157,8 @@ class Kube:
         )
         self.requests: Counter[str] = Counter()  # by verb
         self.observer: Callable[[str], None] | None = None  # told each request's verb
+        # Seconds writes may still take (the leader's time left); None: writes are not fenced.
+        self.fence: Callable[[], float] | None = None
 
     @classmethod
     async def connect(cls, kubeconfig: str | None) -> Kube:
@@ -187,6 +199,12 @@ class Kube:
         content_type: str = "application/json",
         verb: str | None = None,
     ) -> Obj:
+        timeout = self._timeout
+        if self.fence is not None and method in WRITES:
+            left = self.fence()
+            if left <= 0:
+                raise NotLeading()
+            timeout = aiohttp.ClientTimeout(total=min(left, self._timeout.total or left))
         self._count(verb or method.lower())
         data = None if body is None else json.dumps(body)
         async with self._session.request(
@@ -195,7 +213,7 @@ class Kube:
             params=params,
             data=data,
             headers=await self._headers(content_type if data is not None else None),
-            timeout=self._timeout,
+            timeout=timeout,
         ) as response:
             text = await response.text()
             if response.status >= 300:

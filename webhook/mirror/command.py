@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-registry", default=DOCKER_HUB,
                        help="registry of requests without ?ns= (default docker.io, as Docker's "
                        "registry-mirrors mean; '' refuses them)")
+    serve.add_argument("--serve-tags", action="store_true",
+                       help="also answer manifests by tag from the disks (default: by digest "
+                       "only, the registry resolves tags); only for node pools where every "
+                       "pod opts in")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
 
@@ -73,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"URL of the mirror (default http://{DEFAULT_LISTEN})")
     conf.add_argument("--plain-http", action="append", default=[], metavar="HOST",
                       help="upstream registry reached over plain http; repeatable")
+    conf.add_argument("--serve-tags", action="store_true",
+                      help="let containerd resolve tags at the mirror (capability 'resolve'); "
+                      "only with `serve --serve-tags`")
     conf.add_argument("--skip-verify", action="append", default=[], metavar="HOST",
                       help="upstream registry whose TLS certificate is not verified; repeatable")
     return parser
@@ -116,10 +123,11 @@ async def serve(args: argparse.Namespace) -> int:
             metrics.disks.labels(state).set(count)
 
     await asyncio.to_thread(poll)
-    server = MirrorServer(lambda: watcher.index, metrics, default_registry)
+    server = MirrorServer(lambda: watcher.index, metrics, default_registry, args.serve_tags)
     runners = [web.AppRunner(server.app(), access_log=None, handle_signals=False)]
     address = await _start_site(runners[0], args.listen, "--listen")
-    log.info("node mirror serving on http://%s (root %s)", address, args.root)
+    log.info("node mirror serving on http://%s (root %s; manifests by %s)", address, args.root,
+             "digest and tag" if args.serve_tags else "digest only")
     if args.metrics_listen:
         runners.append(web.AppRunner(server.metrics_app(), access_log=None))
         try:
@@ -152,7 +160,8 @@ async def serve(args: argparse.Namespace) -> int:
 
 def run_configure(args: argparse.Namespace) -> int:
     results = configure(args.config_path, args.registries, args.mirror,
-                        plain_http=args.plain_http, skip_verify=args.skip_verify)
+                        plain_http=args.plain_http, skip_verify=args.skip_verify,
+                        resolve=args.serve_tags)
     for written in results:
         print(f"{written.path}: {'written' if written.changed else 'unchanged'}")
     return 0

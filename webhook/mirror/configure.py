@@ -46,6 +46,7 @@ def configure(
     *,
     plain_http: Iterable[str] = (),
     skip_verify: Iterable[str] = (),
+    resolve: bool = False,
 ) -> list[Written]:
     """Write `<config_path>/<registry>/hosts.toml` for each registry; idempotent.
 
@@ -63,7 +64,7 @@ def configure(
         except FileNotFoundError:
             existing = None
         text = merge_hosts(existing, registry, url, plain_http=registry in plain,
-                           skip_verify=registry in insecure)
+                           skip_verify=registry in insecure, resolve=resolve)
         if text != existing:
             os.makedirs(directory, exist_ok=True)
             write_atomically(path, text)

@@ -30,6 +30,7 @@ from webhook.core.mirror_routes import (
     page_of_tags,
     parse_range,
     parse_route,
+    tag_refused,
 )
 from webhook.mirror.disks import open_blob
 from webhook.mirror.metrics import CONTENT_TYPE, OTHER, MirrorMetrics
@@ -67,10 +68,12 @@ class MirrorServer:
         index: Callable[[], NodeIndex],
         metrics: MirrorMetrics,
         default_registry: str = "docker.io",
+        serve_tags: bool = False,
     ) -> None:
         self._index = index
         self.metrics = metrics
         self.default_registry = default_registry
+        self.serve_tags = serve_tags
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -131,6 +134,9 @@ class MirrorServer:
         # Label only registries a disk holds: ?ns= is the client's to choose.
         if route.registry in index.registries:
             outcome.registry = route.registry
+        refused = tag_refused(route, self.serve_tags)
+        if refused is not None:
+            return self._miss(outcome, refused)
         if route.kind == MANIFEST:
             return self._manifest(request, index, route, outcome)
         if route.kind == TAGS:

@@ -130,3 +130,10 @@ matchExpressions:
 {{ toYaml . | indent 2 }}
 {{- end }}
 {{- end }}
+
+{{- /* The kubelet's root directory on the nodes, no trailing slash; mirror.kubeletDir is the
+deprecated spelling and wins when set. Every node part mounts <kubeletDir>/pods at the same
+path inside its container, so paths it reads or hands on are the node's. */ -}}
+{{- define "imagecache.kubeletDir" -}}
+{{- trimSuffix "/" (default .Values.kubeletDir .Values.mirror.kubeletDir) -}}
+{{- end }}
