@@ -69,6 +69,7 @@ def chart_values(node: Node, registries: list[Registry]) -> dict[str, Any]:
     """The chart's values for this node: only where the node differs from a cloud node."""
     hosts = [r.host for r in registries]
     return {
+        "kubeletDir": str(node.dir / "kubelet"),
         "image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": IMAGE.rsplit(":", 1)[1]},
         # 2 allocatable CPUs: the default builder request (2) could never be scheduled here.
         "builder": {
@@ -83,7 +84,6 @@ def chart_values(node: Node, registries: list[Registry]) -> dict[str, Any]:
             "registries": hosts,
             "plainHttpRegistries": hosts,
             "containerdConfigPath": str(node.dir / "certs.d"),
-            "kubeletDir": str(node.dir / "kubelet"),
             # no CSI driver: the stand-in's clones are local PVs
             "diskGlobs": [
                 "*/volumes/kubernetes.io~csi/*/mount",
