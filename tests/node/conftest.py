@@ -79,7 +79,7 @@ def site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]
     public = node.registry("public", PUBLIC_REGISTRY)
     private = node.registry("private", AUTH_REGISTRY, users={"puller": "s3cret-pull"})
     prepare_storage(node)
-    standin = CsiStandIn(node.api, node.dir / "csi", STORAGE_CLASS).start()
+    standin = CsiStandIn(node.api, node.dir / "csi", STORAGE_CLASS, NAMESPACE).start()
     # 1.20 namespaces have no kubernetes.io/metadata.name label: exclude these two by the
     # chart's opt-out label, as README says.
     node.kubectl("create", "namespace", NAMESPACE, check=False)

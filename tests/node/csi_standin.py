@@ -11,7 +11,8 @@ the API boundary, with real files:
 - a PVC cloned from a VolumeSnapshot (a pod's ephemeral `<pod>-imagecache` claim): a local PV
   pre-bound (claimRef) to it, holding a copy of the snapshot (hard links, as a copy-on-write
   clone would share blocks; the volume is mounted read-only);
-- a Released clone PV: deleted with its directory (the driver's Delete reclaim).
+- a Released clone PV: deleted with its directory (the driver's Delete reclaim); a Released
+  static build PV: wiped and offered again (as the local static provisioner does).
 It polls the API every 0.3 s in a thread and records what it did and any error it met.
 """
 
@@ -33,6 +34,10 @@ from node_harness import Api, local_pv
 DRIVER = "standin.csi.imagecache.test"
 SNAP = "/apis/snapshot.storage.k8s.io/v1"
 CLONE_PREFIX = "standin-clone-"
+BUILD_PV_LABEL = "imagecache-test/build-pv"
+# Static build PVs wait pre-bound to this (absent) claim, so that no other claim of the class
+# (a pod's clone above all) can take one; the stand-in hands one to each build claim.
+RESERVED = "imagecache-build-reserved"
 Obj = dict[str, Any]
 
 
@@ -53,6 +58,7 @@ class CsiStandIn:
     api: Api
     root: Path  # DIR/csi
     storage_class: str
+    namespace: str  # the controller's: build claims live there
     done: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     paused: threading.Event = field(default_factory=threading.Event)
@@ -98,21 +104,68 @@ class CsiStandIn:
             elif source.get("volumeSnapshotContentName") in contents:
                 self._bind_copy(snap, contents[source["volumeSnapshotContentName"]])
         for pvc in self.api.items("/api/v1/persistentvolumeclaims"):
+            if (pvc.get("status") or {}).get("phase") != "Pending":
+                continue
             data = pvc["spec"].get("dataSource") or {}
-            if (
-                data.get("kind") == "VolumeSnapshot"
-                and (pvc.get("status") or {}).get("phase") == "Pending"
-            ):
+            if not data and pvc["spec"].get("storageClassName") == self.storage_class:
+                self._hand_build_pv(pvc)
+            if data.get("kind") == "VolumeSnapshot":
                 self._clone(pvc, data["name"])
         for pv in self.api.items("/api/v1/persistentvolumes"):
-            name = pv["metadata"]["name"]
-            if (
-                name.startswith(CLONE_PREFIX)
-                and (pv.get("status") or {}).get("phase") == "Released"
-            ):
-                self.api.delete(f"/api/v1/persistentvolumes/{name}")
-                shutil.rmtree(pv["spec"]["local"]["path"], ignore_errors=True)
-                self.done.append(f"deleted clone {name}")
+            if (pv.get("status") or {}).get("phase") == "Released":
+                self._reclaim(pv)
+
+    def _hand_build_pv(self, pvc: Obj) -> None:
+        meta = pvc["metadata"]
+        pvs = self.api.items(f"/api/v1/persistentvolumes?labelSelector={BUILD_PV_LABEL}%3Dtrue")
+        if any((pv["spec"].get("claimRef") or {}).get("uid") == meta["uid"] for pv in pvs):
+            return
+        free = [
+            pv
+            for pv in pvs
+            if (pv["spec"].get("claimRef") or {}).get("name") == RESERVED
+            and (pv.get("status") or {}).get("phase") == "Available"
+        ]
+        if not free:
+            self.errors.append(f"no free static build PV for {meta['namespace']}/{meta['name']}")
+            return
+        name = sorted(pv["metadata"]["name"] for pv in free)[0]
+        self.api.merge_patch(
+            f"/api/v1/persistentvolumes/{name}",
+            {
+                "spec": {
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    }
+                }
+            },
+        )
+        self.done.append(f"build PV {name} for {meta['namespace']}/{meta['name']}")
+
+    def _reclaim(self, pv: Obj) -> None:
+        """A clone: deleted with its directory (the driver's Delete). A static build PV:
+        wiped and offered again, as the local static provisioner does."""
+        name, path = pv["metadata"]["name"], Path(pv["spec"]["local"]["path"])
+        if name.startswith(CLONE_PREFIX):
+            self.api.delete(f"/api/v1/persistentvolumes/{name}")
+            shutil.rmtree(path, ignore_errors=True)
+            self.done.append(f"deleted clone {name}")
+        elif (pv["metadata"].get("labels") or {}).get(BUILD_PV_LABEL) == "true":
+            self.api.delete(f"/api/v1/persistentvolumes/{name}")
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            path.chmod(0o777)
+            fresh = build_pv(name, path, pv["spec"]["storageClassName"], self.namespace)
+            for _ in range(50):  # the old object may linger for a moment (pv-protection)
+                if self.api.get(f"/api/v1/persistentvolumes/{name}") is None:
+                    break
+                time.sleep(0.1)
+            self.api.create("/api/v1/persistentvolumes", fresh)
+            self.done.append(f"recycled build PV {name}")
 
     def _snapshot_pvc(self, snap: Obj, claim: str) -> None:
         ns, name, uid = (
@@ -240,3 +293,20 @@ class CsiStandIn:
         with contextlib.suppress(Exception):
             self.api.create("/api/v1/persistentvolumes", pv)
             self.done.append(f"clone {ns}/{name} from {snapshot} ({handle})")
+
+
+def build_pv(name: str, path: Path, storage_class: str, namespace: str) -> Obj:
+    """A static local PV for build disks, reserved (see RESERVED) until a build claims it."""
+    pv = local_pv(
+        name,
+        path,
+        storage_class,
+        claim={
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": namespace,
+            "name": RESERVED,
+        },
+    )
+    pv["metadata"]["labels"] = {BUILD_PV_LABEL: "true"}
+    return pv

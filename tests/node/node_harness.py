@@ -204,6 +204,19 @@ class Registry:
         )
         return str(json.loads(inspect.stdout)["Digest"])
 
+    def layers(self, repository: str) -> list[str]:
+        creds = ["--creds", f"{self.user}:{self.password}"] if self.user else []
+        inspect = run(
+            [
+                "skopeo",
+                "inspect",
+                "--tls-verify=false",
+                *creds,
+                f"docker://{self.host}/{repository}",
+            ]
+        )
+        return list(json.loads(inspect.stdout)["Layers"])
+
     def mark(self) -> int:
         """Position in the access log, to count requests made after it."""
         return self.log.stat().st_size if self.log.exists() else 0
@@ -387,15 +400,41 @@ class Node:
             )
         return out
 
-    def remove_image(self, ref: str) -> None:
-        """Forget an image in containerd (all its names), so the next pod really pulls it."""
-        listed = self.ctr("images", "ls", "-q").stdout.split()
+    def forget_image(self, ref: str, blobs: Iterable[str], timeout: float = 120) -> None:
+        """Make the next pod of `ref` really pull it: remove the image's names, the containers
+        of it that no longer run (what the kubelet's GC would do later) and wait until none
+        of `blobs` (its manifest and layers) is left in containerd's content store."""
         repo = ref.split("@")[0].rsplit(":", 1)[0]
-        names = [
-            n for n in listed if n == ref or n.startswith(repo + ":") or n.startswith(repo + "@")
-        ]
-        if names:
-            self.ctr("images", "rm", "--sync", *names, check=False)
+        wanted = set(blobs)
+
+        def gone() -> bool:
+            running = {
+                line.split()[0]
+                for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]
+                if "RUNNING" in line
+            }
+            for line in self.ctr("containers", "ls").stdout.splitlines()[1:]:
+                cid, image = line.split()[:2]
+                if image.startswith(repo) and cid not in running:
+                    self.ctr("tasks", "rm", "-f", cid, check=False)
+                    self.ctr("containers", "rm", cid, check=False)
+            # CRI also names an image by its config digest: find every name by its target too
+            listed = [line.split()[:3] for line in self.ctr("images", "ls").stdout.splitlines()[1:]]
+            names = [
+                name
+                for name, _, target in listed
+                if name.startswith((repo + ":", repo + "@")) or target in wanted
+            ]
+            if names:
+                self.ctr("images", "rm", "--sync", *names, check=False)
+            return not wanted & set(self.ctr("content", "ls", "-q").stdout.split())
+
+        eventually(
+            f"containerd to forget {ref} (its layers gone from the content store)",
+            gone,
+            timeout,
+            interval=1,
+        )
 
     def pull_secret(self, namespace: str, name: str, registry: Registry) -> Obj:
         auth = base64.b64encode(f"{registry.user}:{registry.password}".encode()).decode()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from csi_standin import DRIVER, CsiStandIn
+from csi_standin import DRIVER, CsiStandIn, build_pv
 from node_harness import (
     MIRROR_PORT,
     REPO_ROOT,
@@ -18,7 +18,6 @@ from node_harness import (
     NodeError,
     Registry,
     eventually,
-    local_pv,
 )
 
 RELEASE, NAMESPACE = "imagecache", "imagecache-system"
@@ -39,7 +38,9 @@ class Site:
 
 
 def prepare_storage(node: Node) -> None:
-    node.kubectl("apply", *[a for p in sorted(SNAPSHOT_CRDS.glob("*.yaml")) for a in ("-f", str(p))])
+    node.kubectl(
+        "apply", *[a for p in sorted(SNAPSHOT_CRDS.glob("*.yaml")) for a in ("-f", str(p))]
+    )
     node.apply(
         {
             "apiVersion": "storage.k8s.io/v1",
@@ -61,7 +62,7 @@ def prepare_storage(node: Node) -> None:
         path = node.dir / "pvs" / f"build-{i}"
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o777)  # the builder runs as 65532; a local PV gets no fsGroup chown
-        pvs.append(local_pv(f"imagecache-build-{i}", path, STORAGE_CLASS))
+        pvs.append(build_pv(f"imagecache-build-{i}", path, STORAGE_CLASS, NAMESPACE))
     node.apply(*pvs)
 
 
@@ -71,6 +72,8 @@ def chart_values(node: Node, registries: list[Registry]) -> dict[str, Any]:
     return {
         "kubeletDir": str(node.dir / "kubelet"),
         "image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": IMAGE.rsplit(":", 1)[1]},
+        # the private cache's pull secret lives in the namespace of the pods that use it
+        "controller": {"pullSecretNamespaces": ["imagecache-system", "shop"]},
         # 2 allocatable CPUs: the default builder request (2) could never be scheduled here.
         "builder": {
             "cpu": "250m",
@@ -97,8 +100,9 @@ def install(node: Node, values: dict[str, Any], tmp: Path, upgrade: bool = False
     path = tmp / "values.json"
     path.write_text(json.dumps(values))
     # `helm install` as README says; a node kept from an earlier session has the release already
-    installed = node.kubectl("get", "secret", "-n", NAMESPACE, "-l", f"owner=helm,name={RELEASE}",
-                             "-o", "name").stdout.strip()
+    installed = node.kubectl(
+        "get", "secret", "-n", NAMESPACE, "-l", f"owner=helm,name={RELEASE}", "-o", "name"
+    ).stdout.strip()
     verb = ["upgrade"] if upgrade or installed else ["install"]
     node.helm(
         *verb,
