@@ -16,6 +16,7 @@ import pytest
 from csi_standin import CsiStandIn
 from node_harness import AUTH_REGISTRY, PUBLIC_REGISTRY, REPO_ROOT, SCRIPTS, Node, pick_base, run
 from node_site import (
+    IMAGE,
     NAMESPACE,
     STORAGE_CLASS,
     Site,
@@ -65,6 +66,7 @@ def node(image_archive: Path) -> Iterator[Node]:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         the_node.up([image_archive])
+        the_node.tag_by_digest(IMAGE, image_archive)
         yield the_node
     finally:
         if os.environ.get("IMAGECACHE_NODE_KEEP") != "1":

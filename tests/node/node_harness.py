@@ -238,6 +238,7 @@ class Node:
         self.kubeconfig = directory / "kubeconfig"
         self.api = Api(base)
         self.gateway = ""
+        self.image_tag = "dev"
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -254,6 +255,15 @@ class Node:
         bridge = (self.dir / "bridge").read_text().strip()
         if self.gateway not in run(["ip", "-4", "addr", "show", "dev", bridge]).stdout:
             run(["ip", "addr", "add", f"{self.gateway}/24", "dev", bridge])
+
+    def tag_by_digest(self, image: str, archive: Path) -> str:
+        """Also name `image` by its digest (`repo:<12 hex>`), so that a chart upgrade with a
+        rebuilt image rolls the pods; returns that tag."""
+        digest = Path(str(archive) + ".digest").read_text().strip()
+        tag = digest.split(":", 1)[1][:12]
+        self.ctr("images", "tag", "--force", image, f"{image.rsplit(':', 1)[0]}:{tag}")
+        self.image_tag = tag
+        return tag
 
     def down(self) -> str:
         done = run(["bash", str(SCRIPTS / "node-down.sh"), str(self.dir)], timeout=600, check=False)

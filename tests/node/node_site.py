@@ -22,7 +22,7 @@ from node_harness import (
 
 RELEASE, NAMESPACE = "imagecache", "imagecache-system"
 STORAGE_CLASS, SNAPSHOT_CLASS = "imagecache-local", "imagecache-standin"
-IMAGE = "localhost/imagecache:dev"
+IMAGE = "localhost/imagecache:dev"  # what hack/image.sh names it; the chart gets a tag by digest
 BUILD_PVS = 4  # static local PVs for build disks
 
 
@@ -71,7 +71,7 @@ def chart_values(node: Node, registries: list[Registry]) -> dict[str, Any]:
     hosts = [r.host for r in registries]
     return {
         "kubeletDir": str(node.dir / "kubelet"),
-        "image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": IMAGE.rsplit(":", 1)[1]},
+        "image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": node.image_tag},
         # the private cache's pull secret lives in the namespace of the pods that use it
         "controller": {"pullSecretNamespaces": ["imagecache-system", "shop"]},
         # 2 allocatable CPUs: the default builder request (2) could never be scheduled here.
