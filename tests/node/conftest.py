@@ -16,13 +16,20 @@ import pytest
 from csi_standin import CsiStandIn
 from node_harness import AUTH_REGISTRY, PUBLIC_REGISTRY, REPO_ROOT, SCRIPTS, Node, pick_base, run
 from node_site import (
+    FRESH,
     IMAGE,
     NAMESPACE,
+    RELEASE,
+    SHOP,
     STORAGE_CLASS,
+    WEB,
+    Built,
     Site,
     chart_values,
     install,
     prepare_storage,
+    tke_manifest,
+    wait_cache_ready,
     wait_release_ready,
 )
 
@@ -95,3 +102,33 @@ def site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]
         yield Site(node, public, private, standin, values)
     finally:
         standin.stop()
+
+
+@pytest.fixture(scope="session")
+def built(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    node = site.node
+    tmp = tmp_path_factory.mktemp("images")
+    public_image = f"{site.public.host}/shop/app:1"
+    private_image = f"{site.private.host}/shop/secret-app:1"
+    node.make_image(public_image, tmp / "app.tar", salt="app")
+    node.make_image(private_image, tmp / "secret.tar", salt="secret")
+    public_digest = site.public.push(tmp / "app.tar", "shop/app:1")
+    private_digest = site.private.push(tmp / "secret.tar", "shop/secret-app:1")
+    for ns in (WEB, SHOP):
+        node.kubectl("create", "namespace", ns, check=False)
+    node.apply(node.pull_secret(SHOP, "regcred", site.private))
+    node.apply(
+        # usable from web (a copy made up front) and fresh (a namespace made only once the
+        # controller is stopped, so it never gets a copy: tests/node/test_node_3_faults.py)
+        tke_manifest("app", [public_image], [site.public], namespaces=[WEB, FRESH]),
+        tke_manifest(
+            "secret-app", [private_image], [site.private], imagePullSecrets=[f"{SHOP}/regcred"]
+        ),
+    )
+    wait_cache_ready(node, "app", WEB)
+    layers = [public_digest, *site.public.layers("shop/app:1")]
+    yield Built(
+        public_image, public_digest, layers, private_image, private_digest, "app", "secret-app"
+    )
+    if node.get("deployment", f"{RELEASE}-controller", NAMESPACE):  # not uninstalled yet
+        node.kubectl("delete", "imc", "app", "secret-app", "--wait=false", check=False)

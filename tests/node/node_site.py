@@ -147,3 +147,92 @@ def wait_release_ready(node: Node) -> None:
         )
 
     eventually("the controller to inject the webhook's caBundle", webhook_has_bundle, 120)
+
+
+# namespaces: the public cache's users; the pull secret's home; one that never gets a copy
+WEB, SHOP, FRESH = "web", "shop", "fresh"
+Obj = dict[str, Any]
+
+
+@dataclass
+class Built:
+    public_image: str  # as pods write it
+    public_digest: str
+    public_layers: list[str]
+    private_image: str
+    private_digest: str
+    public_cache: str
+    private_cache: str
+
+
+def tke_manifest(name: str, images: list[str], registries: list[Registry], **extra: Any) -> Obj:
+    """An ImageCache as written for TKE, with only apiVersion changed (plus the fields that
+    say the test registries are plain HTTP and which namespaces get copies up front)."""
+    return {
+        "apiVersion": "imagecache.dev/v1alpha1",
+        "kind": "ImageCache",
+        "metadata": {"name": name},
+        "spec": {
+            "images": images,
+            "imageCacheSize": 20,
+            "retentionDays": 7,
+            "insecureRegistries": [r.host for r in registries],
+            **extra,
+        },
+    }
+
+
+def wait_cache_ready(node: Node, name: str, namespace: str | None, timeout: float = 300) -> Obj:
+    def ready() -> Obj | None:
+        cache = node.get("imc", name) or {}
+        status = cache.get("status") or {}
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"cache {name} failed: {status.get('message')}")
+        copies = {c.get("namespace"): c for c in status.get("namespaces") or []}
+        copy = copies.get(namespace) or {}
+        copied = namespace is None or copy.get("readyToUse") is True
+        return cache if status.get("phase") == "Ready" and copied else None
+
+    def explain() -> str:
+        out = node.describe("imc", name)
+        out += node.kubectl(
+            "get", "pods,pvc,jobs", "-n", "imagecache-system", "-o", "wide", check=False
+        ).stdout
+        return out
+
+    return eventually(
+        f"cache {name} Ready with a ready copy in {namespace}",
+        ready,
+        timeout,
+        interval=1,
+        explain=explain,
+    )
+
+
+def deployment(
+    name: str, namespace: str, image: str, replicas: int, annotations: dict[str, str]
+) -> Obj:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["sleep", "3600"],
+                        }
+                    ],
+                },
+            },
+        },
+    }

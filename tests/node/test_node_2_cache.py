@@ -11,98 +11,9 @@ providing each pod's clone as a PV pre-bound to its `<pod>-imagecache` claim.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import pytest
-from node_harness import Node, Registry, eventually
-from node_site import Site
-
-WEB, SHOP = "web", "shop"  # namespaces: the public cache's users; the pull secret's home
-Obj = dict[str, Any]
-
-
-@dataclass
-class Built:
-    public_image: str  # as pods write it
-    public_digest: str
-    public_layers: list[str]
-    private_image: str
-    private_digest: str
-    public_cache: str
-    private_cache: str
-
-
-def tke_manifest(name: str, images: list[str], registries: list[Registry], **extra: Any) -> Obj:
-    """An ImageCache as written for TKE, with only apiVersion changed (plus the fields that
-    say the test registries are plain HTTP and which namespaces get copies up front)."""
-    return {
-        "apiVersion": "imagecache.dev/v1alpha1",
-        "kind": "ImageCache",
-        "metadata": {"name": name},
-        "spec": {
-            "images": images,
-            "imageCacheSize": 20,
-            "retentionDays": 7,
-            "insecureRegistries": [r.host for r in registries],
-            **extra,
-        },
-    }
-
-
-def wait_cache_ready(node: Node, name: str, namespace: str | None, timeout: float = 300) -> Obj:
-    def ready() -> Obj | None:
-        cache = node.get("imc", name) or {}
-        status = cache.get("status") or {}
-        if status.get("phase") == "Failed":
-            raise AssertionError(f"cache {name} failed: {status.get('message')}")
-        copies = {c.get("namespace"): c for c in status.get("namespaces") or []}
-        copy = copies.get(namespace) or {}
-        copied = namespace is None or copy.get("readyToUse") is True
-        return cache if status.get("phase") == "Ready" and copied else None
-
-    def explain() -> str:
-        out = node.describe("imc", name)
-        out += node.kubectl(
-            "get", "pods,pvc,jobs", "-n", "imagecache-system", "-o", "wide", check=False
-        ).stdout
-        return out
-
-    return eventually(
-        f"cache {name} Ready with a ready copy in {namespace}",
-        ready,
-        timeout,
-        interval=1,
-        explain=explain,
-    )
-
-
-@pytest.fixture(scope="module")
-def built(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    node = site.node
-    tmp = tmp_path_factory.mktemp("images")
-    public_image = f"{site.public.host}/shop/app:1"
-    private_image = f"{site.private.host}/shop/secret-app:1"
-    node.make_image(public_image, tmp / "app.tar", salt="app")
-    node.make_image(private_image, tmp / "secret.tar", salt="secret")
-    public_digest = site.public.push(tmp / "app.tar", "shop/app:1")
-    private_digest = site.private.push(tmp / "secret.tar", "shop/secret-app:1")
-    for ns in (WEB, SHOP):
-        node.kubectl("create", "namespace", ns, check=False)
-    node.apply(node.pull_secret(SHOP, "regcred", site.private))
-    node.apply(
-        tke_manifest("app", [public_image], [site.public], namespaces=[WEB]),
-        tke_manifest(
-            "secret-app", [private_image], [site.private], imagePullSecrets=[f"{SHOP}/regcred"]
-        ),
-    )
-    wait_cache_ready(node, "app", WEB)
-    layers = [public_digest, *site.public.layers("shop/app:1")]
-    yield Built(
-        public_image, public_digest, layers, private_image, private_digest, "app", "secret-app"
-    )
-    node.kubectl("delete", "imc", "app", "secret-app", "--wait=false", check=False)
+from node_harness import eventually
+from node_site import WEB, Built, Site, deployment, wait_cache_ready
 
 
 def test_the_builder_job_runs_on_the_node_and_the_controller_reads_its_result(
@@ -138,43 +49,12 @@ def test_a_cache_built_with_a_pull_secret(site: Site, built: Built) -> None:
     assert '"GET /v2/shop/secret-app/blobs/' in log and "puller" in log
 
 
-def _deployment(
-    name: str, namespace: str, image: str, replicas: int, annotations: dict[str, str]
-) -> Obj:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": annotations},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["sleep", "3600"],
-                        }
-                    ],
-                },
-            },
-        },
-    }
-
-
 def test_a_deployment_starts_from_the_cache(site: Site, built: Built) -> None:
     node = site.node
     node.forget_image(built.public_image, built.public_layers)
     mark = site.public.mark()
     node.apply(
-        _deployment(
-            "cached", WEB, built.public_image, 3, {"imagecache.dev/use-image-cache": "auto"}
-        )
+        deployment("cached", WEB, built.public_image, 3, {"imagecache.dev/use-image-cache": "auto"})
     )
     try:
         pods = node.wait_pods(WEB, "app=cached", 3, timeout=240)
@@ -215,7 +95,7 @@ def test_the_same_image_without_a_cache_is_pulled_from_the_registry(
     eventually("the cached pods to be gone", lambda: not node.list("pods", WEB, "app=cached"), 120)
     node.forget_image(built.public_image, built.public_layers)
     mark = site.public.mark()
-    node.apply(_deployment("uncached", WEB, built.public_image, 1, {}))
+    node.apply(deployment("uncached", WEB, built.public_image, 1, {}))
     try:
         pod = node.wait_pods(WEB, "app=uncached", 1, timeout=240)[0]
         assert "imagecache.dev/decision" not in (pod["metadata"].get("annotations") or {})

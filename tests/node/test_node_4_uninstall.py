@@ -1,7 +1,7 @@
 """`helm uninstall` leaves nothing behind (issue 12): not the webhook's TLS Secret nor the
 leader Lease (the controller creates both; they are owned by its Deployment, so the garbage
 collector removes them), nor the `helm test` pod and its RBAC (deleted when the test passes).
-Runs last: it removes the session's release."""
+Runs last: it removes the session's caches and release."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def _leftovers(site: Site) -> list[str]:
 
 def test_helm_uninstall_leaves_nothing_behind(site: Site) -> None:
     node = site.node
+    # as a user would: caches first, while the controller can still clean up after them
+    node.kubectl("delete", "imc", "--all", "--timeout=180s", timeout=200)
     node.helm("test", RELEASE, "--namespace", NAMESPACE, "--timeout", "180s")
     # what the controller made at run time is there before the uninstall
     assert node.get("secret", f"{RELEASE}-webhook-tls", NAMESPACE) is not None
