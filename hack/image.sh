@@ -32,7 +32,7 @@ export SOURCE_DATE_EPOCH=$epoch LC_ALL=C.UTF-8 TZ=UTC
 
 # The packages of the base, with what the node agent uses (mount/umount from util-linux and
 # mount, already essential in minbase; ca-certificates for registries with public TLS).
-packages=python3,python3-venv,ca-certificates,tini
+packages=python3,python3-venv,ca-certificates
 base_key=$(printf '%s\n' "$suite" "$mirror" "$packages" "$(sed -n '/^# --- base/,/^# --- end base/p' "$0")" | sha256sum | cut -c1-16)
 base=$cache/base-$base_key
 

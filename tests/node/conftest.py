@@ -13,24 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from csi_standin import CsiStandIn
-from node_harness import AUTH_REGISTRY, PUBLIC_REGISTRY, REPO_ROOT, SCRIPTS, Node, pick_base, run
+from node_harness import SCRIPTS, Node, pick_base
 from node_site import (
     FRESH,
     IMAGE,
     NAMESPACE,
     RELEASE,
     SHOP,
-    STORAGE_CLASS,
     WEB,
     Built,
     Site,
-    chart_values,
-    install,
-    prepare_storage,
+    build_image,
+    set_up_site,
     tke_manifest,
     wait_cache_ready,
-    wait_release_ready,
 )
 
 
@@ -58,8 +54,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The chart's image, built once per session (cached across sessions by its inputs)."""
-    out = run(["bash", str(REPO_ROOT / "hack" / "image.sh")], timeout=1200)
-    return Path(out.stdout.strip().splitlines()[-1])
+    return build_image()
 
 
 @pytest.fixture(scope="session")
@@ -85,23 +80,11 @@ def node(image_archive: Path) -> Iterator[Node]:
 @pytest.fixture(scope="session")
 def site(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """Registries, storage, the stand-in and the chart installed (README's install section)."""
-    public = node.registry("public", PUBLIC_REGISTRY)
-    private = node.registry("private", AUTH_REGISTRY, users={"puller": "s3cret-pull"})
-    prepare_storage(node)
-    standin = CsiStandIn(node.api, node.dir / "csi", STORAGE_CLASS, NAMESPACE).start()
-    # 1.20 namespaces have no kubernetes.io/metadata.name label: exclude these two by the
-    # chart's opt-out label, as README says.
-    node.kubectl("create", "namespace", NAMESPACE, check=False)
-    for ns in ("kube-system", NAMESPACE):
-        node.kubectl("label", "namespace", ns, "imagecache.dev/webhook=disabled", "--overwrite")
-    values = chart_values(node, [public, private])
-    tmp = tmp_path_factory.mktemp("chart")
+    site = set_up_site(node, tmp_path_factory.mktemp("chart"))
     try:
-        install(node, values, tmp)
-        wait_release_ready(node)
-        yield Site(node, public, private, standin, values)
+        yield site
     finally:
-        standin.stop()
+        site.standin.stop()
 
 
 @pytest.fixture(scope="session")

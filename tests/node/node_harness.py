@@ -384,7 +384,14 @@ class Node:
         return Registry(name, host, log, user, password)
 
     def make_image(
-        self, name: str, out: Path, *, layers: int = 2, mib: int = 4, salt: str = ""
+        self,
+        name: str,
+        out: Path,
+        *,
+        layers: int = 2,
+        mib: int = 4,
+        salt: str = "",
+        src: str = "/usr/share/doc",
     ) -> Path:
         """A runnable image (busybox + real files) as an OCI archive, from mk-local-image.py."""
         if not out.exists():
@@ -402,7 +409,7 @@ class Node:
                     "--mib",
                     str(mib),
                     "--src",
-                    "/usr/share/doc",
+                    src,
                     "--salt",
                     salt or name,
                 ],

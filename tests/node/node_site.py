@@ -11,13 +11,16 @@ from typing import Any
 
 from csi_standin import DRIVER, CsiStandIn, build_pv
 from node_harness import (
+    AUTH_REGISTRY,
     MIRROR_PORT,
+    PUBLIC_REGISTRY,
     REPO_ROOT,
     SNAPSHOT_CRDS,
     Node,
     NodeError,
     Registry,
     eventually,
+    run,
 )
 
 RELEASE, NAMESPACE = "imagecache", "imagecache-system"
@@ -236,3 +239,31 @@ def deployment(
             },
         },
     }
+
+
+def build_image() -> Path:
+    """hack/image.sh: the chart's image as an OCI archive (cached by its inputs)."""
+    out = run(["bash", str(REPO_ROOT / "hack" / "image.sh")], timeout=1200)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def set_up_site(node: Node, tmp: Path) -> Site:
+    """Registries, storage, the CSI stand-in and the chart installed (README's install
+    section); the caller stops site.standin."""
+    public = node.registry("public", PUBLIC_REGISTRY)
+    private = node.registry("private", AUTH_REGISTRY, users={"puller": "s3cret-pull"})
+    prepare_storage(node)
+    standin = CsiStandIn(node.api, node.dir / "csi", STORAGE_CLASS, NAMESPACE).start()
+    try:
+        # 1.20 namespaces have no kubernetes.io/metadata.name label: exclude these two by
+        # the chart's opt-out label, as README says.
+        node.kubectl("create", "namespace", NAMESPACE, check=False)
+        for ns in ("kube-system", NAMESPACE):
+            node.kubectl("label", "namespace", ns, "imagecache.dev/webhook=disabled", "--overwrite")
+        values = chart_values(node, [public, private])
+        install(node, values, tmp)
+        wait_release_ready(node)
+    except BaseException:
+        standin.stop()
+        raise
+    return Site(node, public, private, standin, values)
