@@ -248,16 +248,9 @@ def serve_bare(workdir: Path, port: int, cpu: int | None) -> int:
         json.loads(await request.read())
         return web.Response(body=answer, content_type="application/json")
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    from peer import run_bare_peer
 
-    context = peer_context(workdir)
-    app = web.Application()
-    app.router.add_post("/mutate", mutate)
-    app.router.add_get("/readyz", healthz)
-    web.run_app(app, host="127.0.0.1", port=port, ssl_context=context, print=None,
-                access_log=None)  # fmt: skip
-    return 0
+    return run_bare_peer(mutate, port, peer_context(workdir))
 
 
 def free_port() -> int:
@@ -298,16 +291,9 @@ class Server:
             time.sleep(0.1)
 
     def check_answer(self, workdir: Path) -> dict[str, Any]:
-        import urllib.request
+        from peer import post_json
 
-        context = ssl.create_default_context(cafile=str(workdir / "ca.crt"))
-        request = urllib.request.Request(
-            self.url, data=(workdir / "body.json").read_bytes(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, context=context, timeout=5) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+        return post_json(self.url, (workdir / "body.json").read_bytes(), workdir / "ca.crt")
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far (from /proc)."""

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from envtest import control_plane, free_port  # noqa: E402
+from peer import post_json, run_bare_peer  # noqa: E402
 
 PEERS = ("none", "bare", "webhook")
 IMAGES = {"busybox:1.36": "sha256:" + "b" * 64, "nginx:1.25": "sha256:" + "a" * 64}
@@ -127,17 +128,9 @@ def serve_bare(workdir: Path, port: int) -> int:
         answer["response"] = {**template["response"], "uid": review["request"]["uid"]}
         return web.json_response(answer)
 
-    async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
-    app = web.Application()
-    app.router.add_post("/mutate", mutate)
-    app.router.add_get("/readyz", readyz)
-    web.run_app(app, host="127.0.0.1", port=port, ssl_context=context, print=None,
-                access_log=None)  # fmt: skip
-    return 0
+    return run_bare_peer(mutate, port, context)
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -168,14 +161,7 @@ class Server:
             time.sleep(0.2)
 
     def post(self, workdir: Path, body: bytes) -> dict[str, Any]:
-        context = ssl.create_default_context(cafile=str(workdir / "ca.crt"))
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{self.port}/mutate", data=body,
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
-            out: dict[str, Any] = json.loads(answer.read())
-            return out
+        return post_json(f"https://127.0.0.1:{self.port}/mutate", body, workdir / "ca.crt")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -123,6 +123,11 @@ class ControllerProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
             return self.popen.wait(5)
 
+    def send(self, sig: int) -> None:
+        """Send `sig` (e.g. SIGSTOP, SIGCONT) to the process group, without waiting."""
+        assert self.popen is not None and self.popen.poll() is None, self.tail()
+        os.killpg(self.popen.pid, sig)
+
     def tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -164,6 +169,18 @@ class Cluster:
                     "deletionPolicy": "Delete",
                 }
             )
+
+    async def pull_secret(self, namespace: str, name: str = "regcred") -> None:
+        """A kubernetes.io/dockerconfigjson Secret for registry.example."""
+        await self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {".dockerconfigjson": dockerconfig("registry.example", "u", "p")},
+            }
+        )
 
     async def cache(self, name: str, spec: dict[str, Any], selector: str) -> dict[str, Any]:
         key, _, value = selector.partition("=")

@@ -13,7 +13,6 @@ from controller_harness import (
     DRIVER,
     Cluster,
     ControllerProcess,
-    dockerconfig,
     eventually,
     unique,
 )
@@ -35,15 +34,7 @@ async def test_build_ready_copy_expire_delete(
 ) -> None:
     process, ns, selector = running
     team = await cluster.namespace(unique("team"))
-    await cluster.kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/dockerconfigjson",
-            "metadata": {"name": "regcred", "namespace": team},
-            "data": {".dockerconfigjson": dockerconfig("registry.example", "u", "p")},
-        }
-    )
+    await cluster.pull_secret(team)
     name = unique("web")
     spec: dict[str, Any] = {
         "images": ["registry.example/app:1", "nginx"],

@@ -10,7 +10,6 @@ from controller_harness import (
     DRIVER,
     Cluster,
     ControllerProcess,
-    dockerconfig,
     eventually,
     make_ready,
     unique,
@@ -177,15 +176,7 @@ async def test_a_pull_secret_outside_the_allowed_namespaces_is_refused(
     ).start()
     try:
         for namespace in (allowed, "kube-system"):
-            await cluster.kube.create(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "type": "kubernetes.io/dockerconfigjson",
-                    "metadata": {"name": "regcred", "namespace": namespace},
-                    "data": {".dockerconfigjson": dockerconfig("registry.example", "u", "p")},
-                }
-            )
+            await cluster.pull_secret(namespace)
         mine = unique("mine")
         await cluster.cache(
             mine,

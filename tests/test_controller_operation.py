@@ -49,6 +49,11 @@ async def test_sigkill_mid_build_and_restart_ends_in_the_same_state(
     first = ControllerProcess(apiserver, ns, selector).start()
     await cluster.cache(name, {"images": ["nginx"], "imageCacheSize": 3}, selector)
     await cluster.one(k.JOB, ns, name, "builder Job")
+
+    async def announced() -> bool:  # the Event follows the Job: killed before it, none
+        return "BuildStarted" in [reason for _, reason, _ in cluster.events(name)]
+
+    await eventually(announced, "the BuildStarted Event")
     first.kill()  # SIGKILL: no lease release, no cleanup
     # The build finishes while no controller runs.
     pod = await cluster.builder_pod(ns, name)
@@ -189,7 +194,11 @@ async def test_healthz_metrics_and_bad_arguments(
                 return None
 
         assert await eventually(healthz, "/healthz") == 200
-        assert await eventually(lambda: metric(process, "imagecache_leader"), "leader") == 1.0
+
+        async def leading() -> bool:  # 0.0 until the Lease is ours: wait for 1, not for any
+            return await metric(process, "imagecache_leader") == 1.0
+
+        await eventually(leading, "leader")
         ready = await eventually(
             lambda: metric(process, 'imagecache_caches{phase="Ready"}'), "phase gauge"
         )

@@ -32,6 +32,7 @@ from webhook.core.reconcile_model import (
     SnapshotClass,
     SnapshotState,
     UserPod,
+    builder_pod_state,
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -544,3 +545,36 @@ def test_pull_secrets_outside_the_allowed_namespaces_are_refused(
     )
     assert "controller.pullSecretNamespaces" in status["message"]
     assert "Emit PullSecretNotAllowed" in kinds(plan)
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "says"),
+    [
+        ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": "0/1 nodes are available: 1 Insufficient cpu."}]},
+         "BuilderUnschedulable", "lower the chart values builder.cpu"),
+        ({"containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull",
+                                                        "message": "not found"}}}]},
+         "BuilderImagePullFailed", "cannot pull its image img (ErrImagePull: not found)"),
+        ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulerError"}]},
+         None, "is pulling the images"),
+    ],
+)  # fmt: skip
+def test_a_builder_pod_that_cannot_run_is_reported(
+    pod_status: dict[str, Any], reason: str | None, says: str
+) -> None:
+    """Issue 12: not "is pulling the images" while no node fits the builder."""
+    labels = {rn.BUILD_LABEL: B, rn.COMPONENT_LABEL: rn.BUILDER}
+    state = builder_pod_state({"metadata": {"name": "b-1", "labels": labels},
+                               "status": {"phase": "Pending", **pod_status}})  # fmt: skip
+    plan = rc.plan(observed(C, jobs=(job(C),), builder_pods=(state,)), SETTINGS, NOW)
+    status = status_of(plan)
+    assert says in status["message"], status["message"]
+    built = next(c for c in status["conditions"] if c["type"] == "Built")
+    assert built["reason"] == (reason or "Building")
+    warnings = [a.reason for a in plan.actions if isinstance(a, Emit) and a.type == "Warning"]
+    assert warnings == ([reason] if reason else [])
+    # The same state again: no second Event.
+    again = rc.plan(observed(cache(status=status), jobs=(job(C),), builder_pods=(state,)),
+                    SETTINGS, NOW)  # fmt: skip
+    assert not [a for a in again.actions if isinstance(a, Emit)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
+from envtest import SHARED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +18,7 @@ from webhook.core.caches import CacheIndex
 from webhook.core.review import MAX_BODY_BYTES, review
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "admission"
+RECORDED = SHARED / "testdata" / "admission"
 INDEX = CacheIndex.from_objects(
     [
         cache("web", ["nginx:1.25"], restore="10Gi"),

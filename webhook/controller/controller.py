@@ -142,6 +142,7 @@ class Controller:
             k.PVC,
             label_selector=f"{names.CACHE},{rn.MANAGED_BY}!={rn.MANAGER}",
             index=_claim_cache,
+            handler=self._on_claim,
             name="claims",
         )
         # Namespaces that opt in get copies before their first pod asks.
@@ -207,6 +208,11 @@ class Controller:
             phase = (cache.get("status") or {}).get("phase")
             if phase != planner.READY:
                 self._on_cache(kind, cache)
+
+    def _on_claim(self, kind: str, obj: Obj) -> None:
+        cache = _claim_cache(obj)
+        if cache:
+            self.queue.add(cache)
 
     def _on_namespace(self, kind: str, obj: Obj) -> None:
         for cache in self.caches:

@@ -7,7 +7,6 @@ cache names, so deciding costs the same with 10 caches or 10,000.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,15 +191,9 @@ class _Parts:
     copied: dict[str, tuple[CacheView, ...]]  # by namespace, those with a ready copy there
 
 
-_versions = itertools.count(1)
-
-
 @dataclass
 class CacheIndex:
-    """Caches by name, and cache names by image key. `version` changes with every change, and
-    no two indexes share one: what is derived from an index can be kept under its version."""
-
-    version: int = field(default_factory=lambda: next(_versions))
+    """Caches by name, and cache names by image key."""
 
     _caches: dict[str, CacheView] = field(default_factory=dict)
     _by_key: dict[str, set[str]] = field(default_factory=dict)
@@ -274,7 +267,6 @@ class CacheIndex:
 
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """Start over from a full LIST."""
-        self.version = next(_versions)
         self._caches.clear()
         self._by_key.clear()
         self._in_order.clear()
@@ -287,7 +279,6 @@ class CacheIndex:
         view = cache_view(obj)
         if not view.name:
             return
-        self.version = next(_versions)
         self._remove(view.name)
         if event_type != "DELETED":
             self._caches[view.name] = view

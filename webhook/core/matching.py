@@ -255,7 +255,7 @@ def _waiting(
     warnings: tuple[str, ...],
 ) -> Decision:
     """unavailable: `cache` would be used but its copy in `namespace` is not ready."""
-    reason = f"{no_ready_copy(namespace)}: ImageCache {cache.name!r} is used once it is"
+    reason = f"{no_ready_copy(namespace)}: ImageCache {cache.name!r} is used once it is ready"
     return Decision(
         request,
         "unavailable",

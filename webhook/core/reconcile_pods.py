@@ -57,8 +57,9 @@ def pod_event(annotations: Mapping[str, str]) -> PodEvent | None:
         return PodEvent(
             "Warning",
             "ImageCacheUnavailable",
-            f"{named} does not exist, is not Ready or is not usable from this namespace: "
-            "images are pulled as usual (kubectl get imc shows its phase)",
+            f"{named} cannot be used here now (no ready copy in this namespace yet, or it "
+            "does not exist, is not Ready or is not usable from this namespace): images are "
+            "pulled as usual (kubectl get imc NAME -o yaml: phase, status.namespaces)",
         )
     return None
 
