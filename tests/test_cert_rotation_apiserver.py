@@ -124,7 +124,14 @@ async def test_rotation_under_load_loses_no_pod(plane: ControlPlane, tmp_path: P
                 "kind": "ImageCache",
                 "metadata": {"name": "rot"},
                 "spec": {"images": ["nginx:1.25"]},
-                "status": {"phase": "Ready", "restoreSize": "1Gi"},
+                "status": {
+                    "phase": "Ready",
+                    "restoreSize": "1Gi",
+                    "namespaces": [
+                        {"namespace": NAMESPACE, "snapshotName": "imagecache-rot",
+                         "readyToUse": True}
+                    ],
+                },
             }
         )
     )
