@@ -2,7 +2,10 @@
 
 N ImageCaches are reconciled to Ready (this process plays kubelet and the snapshot controller),
 then M pods with webhook decisions get their Events; the controller's API requests are
-counted by verb. Usage:
+counted by verb. Then (--rss-pods, default 20,000) that many more decided pods are created and
+a fresh `imagecache controller` process is started on the cluster: its resident memory
+(VmRSS once it has written every pod's Event, and its peak VmHWM) is what a controller
+restarted in a big cluster needs. Usage:
 
     KUBEBUILDER_ASSETS=$PWD/.envtest .venv/bin/python bench/controller_bench.py [--quick]
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from envtest import control_plane  # noqa: E402
+from envtest import control_plane, free_port  # noqa: E402
 
 from webhook.controller.controller import Controller  # noqa: E402
 from webhook.core import reconcile_names as rn  # noqa: E402
@@ -110,7 +115,7 @@ async def count_ready(kube: Kube) -> int:
     return sum(1 for c in listed["items"] if (c.get("status") or {}).get("phase") == "Ready")
 
 
-async def bench(kubeconfig: str, caches: int, pods: int) -> dict[str, Any]:
+async def bench(kubeconfig: str, caches: int, pods: int, rss_pods: int) -> dict[str, Any]:
     tester = Kube(await load_configuration(kubeconfig))
     mine = Kube(await load_configuration(kubeconfig))
     for name in (NS, APP):
@@ -214,9 +219,132 @@ async def bench(kubeconfig: str, caches: int, pods: int) -> dict[str, Any]:
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
-        await tester.close()
         await mine.close()
+    try:
+        if rss_pods:
+            result.update(await controller_memory(kubeconfig, tester, rss_pods, used, pods))
+    finally:
+        await tester.close()
     return result
+
+
+def decided_pod(n: int, cache: str) -> dict[str, Any]:
+    """A pod as a Deployment makes it and the webhook decides it (hit, pinned): a few labels
+    and annotations, env, resources, probes, the cache volume; the apiserver adds
+    managedFields. About 4 KB of JSON, as a small real pod."""
+    labels = {"app": "shop", "pod-template-hash": "5d8f7c9b4", "tier": "web",
+              "imagecache.dev/cache": cache, "imagecache.dev/decision": "hit"}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": f"shop-5d8f7c9b4-{n:06d}", "namespace": APP, "labels": labels,
+            "annotations": {
+                "imagecache.dev/decision": "hit", "imagecache.dev/cache": cache,
+                "imagecache.dev/pinned-images": json.dumps({"web": "nginx:1.25"}),
+                "kubectl.kubernetes.io/restartedAt": "2026-12-01T10:00:00Z",
+                "prometheus.io/scrape": "true", "prometheus.io/port": "9090"},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{
+                "name": "web", "image": f"nginx:1.25@{DIGEST}",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "env": [{"name": f"SETTING_{i}", "value": f"value-{i}-" + "x" * 24}
+                        for i in range(8)],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"memory": "256Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+                "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}},
+                "volumeMounts": [{"name": "imagecache", "mountPath": "/var/lib/imagecache",
+                                  "readOnly": True}],
+            }],
+            "volumes": [{"name": "imagecache", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                "resources": {"requests": {"storage": "20Gi"}},
+                "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                               "name": f"imagecache-{cache}"}}}}}],
+        },
+    }  # fmt: skip
+
+
+def memory_of(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def _metric(port: int, name: str) -> float | None:
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    return sum(values) if values else None
+
+
+async def controller_memory(kubeconfig: str, tester: Kube, pods: int, used: int,
+                            first: int) -> dict[str, Any]:
+    """Create `pods` decided pods (on `used` caches), start `imagecache controller` as its own
+    process, and measure its memory once it has caught up with every pod."""
+    start = time.monotonic()
+    await gather_limited(32, [
+        tester.create(decided_pod(first + n, f"bench-{n % used}")) for n in range(pods)
+    ])  # fmt: skip
+    created = time.monotonic() - start
+    port = free_port()
+    argv = [sys.executable, "-c",
+            "import sys; from webhook.controller.command import main; sys.exit(main(sys.argv[1:]))",
+            "--kubeconfig", kubeconfig, "--namespace", NS, "--builder-image", "bench",
+            "--snapshot-class", "bench", "--listen", f"127.0.0.1:{port}",
+            "--identity", "bench-rss", "--log-level", "WARNING"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = Path(tempfile.mkdtemp(prefix="controller-bench-")) / "controller.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(*argv, env=env, stderr=out)
+    start = time.monotonic()
+    rss = peak = 0.0
+    try:
+        # Wait until the controller has listed every pod and written the Event of each new
+        # one (the older pods' Events exist: 409, not counted), then for its memory to settle.
+        while (await _metric(port, "imagecache_pod_events_total") or 0) < pods:
+            await asyncio.sleep(1)
+            if process.returncode is not None:
+                raise RuntimeError(
+                    f"the controller exited with {process.returncode} after {rss:.0f} MiB "
+                    f"resident (peak {peak:.0f} MiB); its log: {log}"
+                )
+            with contextlib.suppress(OSError, KeyError):  # gone meanwhile: the check above
+                rss, peak = memory_of(process.pid)
+        await asyncio.sleep(3)
+        settled = time.monotonic() - start
+        rss, peak = memory_of(process.pid)
+        return {
+            "rss_pods_created": pods,
+            "rss_pods_create_seconds": round(created, 1),
+            "rss_settle_seconds": round(settled, 1),
+            "controller_rss_mib": round(rss, 1),
+            "controller_peak_rss_mib": round(peak, 1),
+            "controller_api_requests": await _metric(port, "imagecache_api_requests_total"),
+            "controller_log": str(log),
+        }
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def main() -> int:
@@ -224,16 +352,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100 caches and 100 pods")
     parser.add_argument("--caches", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--rss-pods", type=int, default=20000,
+                        help="decided pods for the controller process's memory (0: skip)")
     args = parser.parse_args()
     if args.quick:
-        args.caches, args.pods = 100, 100
+        args.caches, args.pods, args.rss_pods = 100, 100, 1000
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if not assets:
         print("KUBEBUILDER_ASSETS is not set: run hack/envtest-setup.sh", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     with control_plane(Path(assets)) as plane:
-        result = asyncio.run(bench(str(plane.kubeconfig), args.caches, args.pods))
+        result = asyncio.run(
+            bench(str(plane.kubeconfig), args.caches, args.pods, args.rss_pods)
+        )
     print(json.dumps(result, indent=2))
     return 0
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import urllib.request
 
 import pytest
 from controller_harness import Cluster, eventually, unique
@@ -115,6 +118,79 @@ async def test_410_gone_lists_again_and_reports_what_changed(
     finally:
         stop.set()
         await task
+
+
+def _etcd_write(plane: ControlPlane) -> None:
+    """One write straight to etcd (a key no apiserver reads): the revision moves on."""
+    body = {"key": base64.b64encode(b"/imagecache-test/bump").decode(), "value": "eA=="}
+    request = urllib.request.Request(
+        plane.etcd_url + "/v3/kv/put", data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+async def _list_all(informer: Informer, page_size: int) -> None:
+    informer.loop.options.page_size = page_size
+    stop = asyncio.Event()
+    task = asyncio.create_task(informer.run(stop))
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_lists_are_paged_and_every_object_is_seen(cluster: Cluster) -> None:
+    """Issue 10.8: LISTs in pages (limit/continue), so a big cluster is never one answer."""
+    ns = await cluster.namespace(unique("pages"))
+    for n in range(7):
+        await cluster.kube.create(configmap(ns, f"cm{n}", "x" * 100))
+    slim: list[str] = []
+
+    def transform(obj: dict[str, object]) -> dict[str, object]:
+        slim.append(str(obj["metadata"]["name"]))  # type: ignore[index]
+        return {"metadata": obj["metadata"]}
+
+    informer = Informer(cluster.kube, CONFIGMAP, namespace=ns, transform=transform)
+    before = cluster.kube.requests["list"]
+    await _list_all(informer, page_size=3)
+
+    names = {f"cm{n}" for n in range(7)}
+    assert {name for _, name in informer.store if name.startswith("cm")} == names
+    assert cluster.kube.requests["list"] - before == 3  # 3 + 3 + 1 (+ kube-root-ca.crt)
+    assert names <= set(slim)  # each object went through the transform as its page came
+    assert all("data" not in obj for obj in informer)
+
+
+async def test_an_expired_continue_token_falls_back_to_a_whole_list(
+    apiserver: ControlPlane, cluster: Cluster
+) -> None:
+    """Between two pages etcd is compacted past the list's snapshot: the continue token gets
+    410, and the list is made whole in one request, as client-go's pager does."""
+    ns = await cluster.namespace(unique("expired"))
+    for n in range(5):
+        await cluster.kube.create(configmap(ns, f"cm{n}", "x"))
+    lists = 0
+
+    def compact_before_the_second_page(verb: str) -> None:
+        nonlocal lists
+        if verb == "list":
+            lists += 1
+            if lists == 2:
+                _etcd_write(apiserver)
+                apiserver.compact_etcd()
+
+    informer = Informer(cluster.kube, CONFIGMAP, namespace=ns)
+    cluster.kube.observer = compact_before_the_second_page
+    await _list_all(informer, page_size=2)
+
+    assert {name for _, name in informer.store if name.startswith("cm")} == {
+        f"cm{n}" for n in range(5)
+    }
+    assert lists == 3  # page 1, page 2 (410), the whole list
+    assert informer.loop.expired_continues == 1
+    assert informer.relists == 1
 
 
 async def test_work_queue_backs_off_per_key_and_dedupes() -> None:

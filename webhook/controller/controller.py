@@ -25,6 +25,7 @@ from webhook.core import reconcile_names as rn
 from webhook.core import reconcile_pods as rp
 from webhook.core.caches import parse_time
 from webhook.core.manifests_build import DOCKERCONFIG_KEY, secret_key
+from webhook.core.pod_record import slim_pod
 from webhook.kube import client as k
 from webhook.kube.client import ApiError, Kube, Obj
 from webhook.kube.informer import Informer
@@ -161,6 +162,7 @@ class Controller:
             handler=self._on_user_pod,
             index=_pod_cache,
             keep=_decided,
+            transform=slim_pod,  # only what is read of a pod is kept (issue 10.8)
             name="pods",
         )
         self.informers = [

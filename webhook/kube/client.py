@@ -227,10 +227,22 @@ class Kube:
         return await self.request("GET", res.path(namespace, name), verb="get")
 
     async def list(
-        self, res: Resource, namespace: str | None = None, label_selector: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        *,
+        limit: int | None = None,
+        continue_token: str | None = None,
     ) -> Obj:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return await self.request("GET", res.path(namespace), params=params, verb="list")
+        """One LIST; with `limit`, one page of it (`metadata.continue` names the next page;
+        a continue token too old for the server's history is a 410)."""
+        params = {"labelSelector": label_selector} if label_selector else {}
+        if limit:
+            params["limit"] = str(limit)
+        if continue_token:
+            params["continue"] = continue_token
+        return await self.request("GET", res.path(namespace), params=params or None, verb="list")
 
     async def create(self, obj: Mapping[str, Any]) -> Obj:
         res = resource(str(obj.get("apiVersion")), str(obj.get("kind")))

@@ -1,9 +1,13 @@
 """The one LIST+WATCH loop (`ListWatch`), and the controller's cached `Informer` on top of it.
 
-The loop: LIST (`on_replace(items)`), then WATCH from the list's resourceVersion
+The loop: LIST (`on_replace(items)`, paged: `limit`/`continue`, each page through an optional
+`transform` as it arrives, so a big cluster's whole list is never held raw), then WATCH from
+the list's resourceVersion
 (`on_event(type, obj)` per event), following resourceVersion through events and BOOKMARKs.
 A watch the server ends (timeout) is resumed from the last version; 410 Gone means that
-version is compacted away: LIST again. Errors and disconnects: retry with exponential
+version is compacted away: LIST again. A continue token that expires between pages (410: the
+list's snapshot was compacted away) falls back to one whole LIST, as client-go's pager does.
+Errors and disconnects: retry with exponential
 backoff and jitter (webhook.core.watch_plan.backoff_delay). Runs until cancelled.
 
 Users: the webhook server's cache index (replace/apply) and the controller's informers
@@ -36,6 +40,8 @@ from webhook.kube.client import ApiError, Kube, Obj, Resource
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 Handler = Callable[[str, Obj], None]  # (ADDED | MODIFIED | DELETED, object)
+# What is kept of a listed object (None: not kept at all).
+Transform = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 IndexFn = Callable[[Obj], str | None]
 
 
@@ -48,6 +54,7 @@ class WatchOptions:
     timeout_seconds: int = 300  # the server ends each watch after this; we resume
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+    page_size: int = 500  # objects per LIST page (client-go's reflector uses 500 too)
     random: Callable[[], float] = field(default=random.random)
 
 
@@ -75,9 +82,11 @@ class ListWatch:
         label_selector: str | None = None,
         options: WatchOptions | None = None,
         resource_version: str | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.kube = kube
         self.res = res
+        self.transform = transform
         self.on_replace = on_replace
         self.on_event = on_event
         self.logger = logger
@@ -86,6 +95,7 @@ class ListWatch:
         self.options = options or WatchOptions()
         self.resource_version = resource_version
         self.relists = 0  # LISTs done (the first one included)
+        self.expired_continues = 0  # paged LISTs that fell back to a whole LIST
         self.failed: str | None = None  # the last error, until the next progress
         where = f" in namespace {namespace}" if namespace else ""
         self.what = f"{res.plural} ({res.api_version}){where}"
@@ -121,14 +131,43 @@ class ListWatch:
                 failures = await self._pause(repr(exc), failures)
 
     async def _list(self) -> None:
-        listing = await self.kube.list(self.res, self.namespace, self.label_selector)
-        version = list_resource_version(listing)
+        items, version, pages = await self._list_pages()
         self.relists += 1
-        self.on_replace(list(listing["items"]))
+        self.on_replace(items)
         self.resource_version = version
         self.failed = None
         _log(self.logger, logging.INFO, "listed", resource=self.what,
-             items=len(listing["items"]), resource_version=version)  # fmt: skip
+             items=len(items), pages=pages, resource_version=version)  # fmt: skip
+
+    def _kept(self, raw: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if self.transform is None:
+            return raw
+        return [kept for obj in raw if (kept := self.transform(obj)) is not None]
+
+    async def _list_pages(self) -> tuple[list[Mapping[str, Any]], str, int]:
+        """(items, the list's resourceVersion, pages read). Every page is of one snapshot
+        (the first page's resourceVersion)."""
+        items: list[Mapping[str, Any]] = []
+        token: str | None = None
+        pages = 0
+        while True:
+            try:
+                page = await self.kube.list(self.res, self.namespace, self.label_selector,
+                                            limit=self.options.page_size, continue_token=token)
+            except ApiError as exc:
+                if exc.status != GONE or token is None:
+                    raise
+                self.expired_continues += 1
+                _log(self.logger, logging.WARNING, "list continue token expired, listing whole",
+                     resource=self.what, pages_read=pages, error=exc.message)  # fmt: skip
+                whole = await self.kube.list(self.res, self.namespace, self.label_selector)
+                return self._kept(whole["items"]), list_resource_version(whole), pages + 1
+            pages += 1
+            version = list_resource_version(page)
+            items.extend(self._kept(page["items"]))
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items, version, pages
 
     async def _pause(self, error: str, failures: int) -> int:
         opts = self.options
@@ -212,6 +251,7 @@ class Informer:
         handler: Handler | None = None,
         index: IndexFn | None = None,
         keep: Callable[[Obj], bool] | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
         watch_timeout: int = 300,
         name: str = "",
     ) -> None:
@@ -221,6 +261,7 @@ class Informer:
         self.store: dict[Key, Obj] = {}
         self.index_fn = index
         self.keep = keep  # objects it rejects are not stored (as if deleted)
+        self.transform = transform  # what is stored of an object, and handed to the handler
         self._index: dict[str, set[Key]] = {}
         self._index_of: dict[Key, str] = {}
         self.synced = asyncio.Event()
@@ -234,6 +275,7 @@ class Informer:
             namespace=namespace,
             label_selector=label_selector,
             options=WatchOptions(timeout_seconds=watch_timeout),
+            transform=self._admit,
         )
 
     @property
@@ -309,9 +351,15 @@ class Informer:
             except Exception:  # a handler bug must not stop the watch
                 self._log.exception("%s: event handler failed", self.name)
 
+    def _admit(self, obj: Mapping[str, Any]) -> Obj | None:
+        """What is stored of `obj`: None if `keep` rejects it, else `transform(obj)`."""
+        raw = _as_obj(obj)
+        if self.keep is not None and not self.keep(raw):
+            return None
+        return raw if self.transform is None else self.transform(raw)
+
     def _replace(self, items: list[Mapping[str, Any]]) -> None:
-        objs = [_as_obj(o) for o in items]
-        fresh = {key_of(o): o for o in objs if self.keep is None or self.keep(o)}
+        fresh = {key_of(o): _as_obj(o) for o in items}  # kept and transformed (_admit)
         old = self.store
         self.store = {}
         self._index.clear()
@@ -336,6 +384,8 @@ class Informer:
             if key not in self.store:
                 return
             kind = "DELETED"
+        if self.transform is not None:
+            obj = self.transform(obj)
         if kind == "DELETED":
             self._drop(key)
             self._emit("DELETED", obj)
