@@ -257,7 +257,10 @@ def set_up_site(node: Node, tmp: Path) -> Site:
     try:
         # 1.20 namespaces have no kubernetes.io/metadata.name label: exclude these two by
         # the chart's opt-out label, as README says.
-        node.kubectl("create", "namespace", NAMESPACE, check=False)
+        # the release namespace, and the pods' (shop holds the pull secret the controller may
+        # read: the chart binds that right there, so the namespace must exist first)
+        for ns in (NAMESPACE, WEB, SHOP):
+            node.kubectl("create", "namespace", ns, check=False)
         for ns in ("kube-system", NAMESPACE):
             node.kubectl("label", "namespace", ns, "imagecache.dev/webhook=disabled", "--overwrite")
         values = chart_values(node, [public, private])
