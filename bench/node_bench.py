@@ -97,6 +97,7 @@ def main() -> int:
         )
         digest = site.public.push(work / "big.tar", "bench/big:1")
         blobs = [digest, *site.public.layers("bench/big:1")]
+        chains = site.public.chain_ids("bench/big:1")
         print(
             f"image {image}: {args.layers} x {args.mib} MiB unpacked, "
             f"{(work / 'big.tar').stat().st_size / 2**20:.0f} MiB gzip "
@@ -121,7 +122,7 @@ def main() -> int:
         for r in range(args.rounds):
             for mode in MODES:
                 if mode != "present":
-                    node.forget_image(image, blobs)
+                    node.forget_image(image, blobs, chains)
                 name = f"{mode}-{r}"
                 elapsed, decision = time_pod(node, name, image, cached=mode == "cached")
                 if mode == "cached" and decision != "hit":

@@ -111,7 +111,14 @@ def built(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buil
     wait_cache_ready(node, "app", WEB)
     layers = [public_digest, *site.public.layers("shop/app:1")]
     yield Built(
-        public_image, public_digest, layers, private_image, private_digest, "app", "secret-app"
+        public_image,
+        public_digest,
+        layers,
+        site.public.chain_ids("shop/app:1"),
+        private_image,
+        private_digest,
+        "app",
+        "secret-app",
     )
     if node.get("deployment", f"{RELEASE}-controller", NAMESPACE):  # not uninstalled yet
         node.kubectl("delete", "imc", "app", "secret-app", "--wait=false", check=False)

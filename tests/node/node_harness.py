@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -193,29 +194,40 @@ class Registry:
                 f"docker://{self.host}/{repository}",
             ]
         )
-        inspect = run(
-            [
-                "skopeo",
-                "inspect",
-                "--tls-verify=false",
-                *(["--creds", f"{self.user}:{self.password}"] if self.user else []),
-                f"docker://{self.host}/{repository}",
-            ]
-        )
-        return str(json.loads(inspect.stdout)["Digest"])
+        return str(self.inspect(repository)["Digest"])
 
     def layers(self, repository: str) -> list[str]:
-        creds = ["--creds", f"{self.user}:{self.password}"] if self.user else []
-        inspect = run(
-            [
-                "skopeo",
-                "inspect",
-                "--tls-verify=false",
-                *creds,
-                f"docker://{self.host}/{repository}",
-            ]
+        return list(self.inspect(repository)["Layers"])
+
+    def chain_ids(self, repository: str) -> list[str]:
+        """The chain IDs of the image's layers (what containerd names their snapshots)."""
+        config = json.loads(
+            run(
+                [
+                    "skopeo",
+                    "inspect",
+                    "--config",
+                    "--tls-verify=false",
+                    *self._creds(),
+                    f"docker://{self.host}/{repository}",
+                ]
+            ).stdout
         )
-        return list(json.loads(inspect.stdout)["Layers"])
+        chains: list[str] = []
+        for diff in config["rootfs"]["diff_ids"]:
+            chains.append(
+                diff
+                if not chains
+                else "sha256:" + hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest()
+            )
+        return chains
+
+    def _creds(self) -> list[str]:
+        return ["--creds", f"{self.user}:{self.password}"] if self.user else []
+
+    def inspect(self, repository: str) -> dict[str, Any]:
+        argv = ["skopeo", "inspect", "--tls-verify=false", *self._creds()]
+        return json.loads(run([*argv, f"docker://{self.host}/{repository}"]).stdout)  # type: ignore[no-any-return]
 
     def mark(self) -> int:
         """Position in the access log, to count requests made after it."""
@@ -417,10 +429,14 @@ class Node:
             )
         return out
 
-    def forget_image(self, ref: str, blobs: Iterable[str], timeout: float = 120) -> None:
-        """Make the next pod of `ref` really pull it: remove the image's names, the containers
-        of it that no longer run (what the kubelet's GC would do later) and wait until none
-        of `blobs` (its manifest and layers) is left in containerd's content store."""
+    def forget_image(
+        self, ref: str, blobs: Iterable[str], chains: Sequence[str], timeout: float = 120
+    ) -> None:
+        """Make the next pod of `ref` really pull and unpack it: remove the image's names, the
+        containers of it that no longer run (what the kubelet's GC would do later) and its
+        layer snapshots, and wait until none of `blobs` (manifest and layers) is left in the
+        content store and none of `chains` (its layers' chain IDs) among the snapshots: with
+        a layer's snapshot left, containerd would neither fetch nor unpack that layer."""
         repo = ref.split("@")[0].rsplit(":", 1)[0]
         wanted = set(blobs)
 
@@ -444,10 +460,18 @@ class Node:
             ]
             if names:
                 self.ctr("images", "rm", "--sync", *names, check=False)
-            return not wanted & set(self.ctr("content", "ls", "-q").stdout.split())
+            for chain in reversed(chains):  # children first
+                self.ctr("snapshots", "rm", chain, check=False)
+            snapshots = {
+                line.split()[0]
+                for line in self.ctr("snapshots", "ls").stdout.splitlines()[1:]
+                if line.strip()
+            }
+            content = set(self.ctr("content", "ls", "-q").stdout.split())
+            return not (wanted & content or set(chains) & snapshots)
 
         eventually(
-            f"containerd to forget {ref} (its layers gone from the content store)",
+            f"containerd to forget {ref} (no blob of it in the content store, no layer snapshot)",
             gone,
             timeout,
             interval=1,

@@ -161,7 +161,8 @@ Obj = dict[str, Any]
 class Built:
     public_image: str  # as pods write it
     public_digest: str
-    public_layers: list[str]
+    public_layers: list[str]  # manifest and layer digests
+    public_chains: list[str]  # layer chain IDs
     private_image: str
     private_digest: str
     public_cache: str

@@ -40,17 +40,7 @@ def test_helm_upgrade_keeps_it_working(site: Site, tmp_path: Path) -> None:
     # the caBundle the controller injected survives the upgrade (no window without it)
     assert after["webhooks"][0]["clientConfig"]["caBundle"] == bundle
     # and the webhook still decides: a server-side dry run gets a decision
-    pod = node.kubectl(
-        "run",
-        "upgrade-check",
-        "--image",
-        f"{site.public.host}/none:1",
-        "--dry-run=server",
-        "-o",
-        "jsonpath={.metadata.annotations.imagecache\\.dev/decision}",
-        "--annotations",
-        "imagecache.dev/use-image-cache=auto",
-    ).stdout
+    pod = _dry_run_decision(site, "upgrade-check")
     assert pod in ("miss", "unavailable", "hit", "mismatch"), pod
     done = node.helm("test", RELEASE, "--namespace", NAMESPACE, "--timeout", "180s")
     assert "Succeeded" in done.stdout
@@ -59,19 +49,21 @@ def test_helm_upgrade_keeps_it_working(site: Site, tmp_path: Path) -> None:
     wait_release_ready(node)
     eventually(
         "the webhook to answer after the upgrade",
-        lambda: (
-            node.kubectl(
-                "run",
-                "upgrade-check2",
-                "--image",
-                "busybox:local",
-                "--dry-run=server",
-                "-o",
-                "jsonpath={.metadata.annotations.imagecache\\.dev/decision}",
-                "--annotations",
-                "imagecache.dev/use-image-cache=auto",
-            ).stdout
-            or None
-        ),
+        lambda: _dry_run_decision(site, "upgrade-check2") or None,
         60,
     )
+
+
+def _dry_run_decision(site: Site, name: str) -> str:
+    """The decision the webhook writes on a server-side dry run of an opted-in pod."""
+    return site.node.kubectl(
+        "run",
+        name,
+        "--image",
+        f"{site.public.host}/none:1",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.metadata.annotations.imagecache\\.dev/decision}",
+        "--annotations",
+        "imagecache.dev/use-image-cache=auto",
+    ).stdout

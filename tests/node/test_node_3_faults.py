@@ -67,7 +67,7 @@ def test_without_the_mirror_cached_pods_still_start(
     site: Site, built: Built, mirror_gone: None
 ) -> None:
     node = site.node
-    node.forget_image(built.public_image, built.public_layers)
+    node.forget_image(built.public_image, built.public_layers, built.public_chains)
     mark = site.public.mark()
     node.apply(deployment("nomirror", WEB, built.public_image, 1, AUTO))
     try:
