@@ -292,7 +292,8 @@ class Node:
         return run([KUBECTL, *args], env=self.env(), input=input, check=check, timeout=timeout)
 
     def apply(self, *objs: Obj) -> None:
-        text = "\n---\n".join(json.dumps(o) for o in objs)
+        # one List: kubectl versions differ on "---" between JSON documents
+        text = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)})
         self.kubectl("apply", "-f", "-", input=text)
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
