@@ -25,6 +25,9 @@ log() { echo "[image $(date +%T)] $*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "hack/image.sh: needs root (debootstrap and chroot); run it with sudo" >&2; exit 1; }
 command -v debootstrap >/dev/null || { log "apt-get install debootstrap"; apt-get install -y -qq debootstrap >/dev/null; }
 mkdir -p "$cache"
+# One build at a time per cache dir (two test sessions may start together); the archive is
+# replaced by rename, so a reader never sees half of it.
+exec 9>"$cache/.lock"; flock 9
 # Commands in a chroot get a clean environment (none of the host's pip or proxy settings).
 inroot() { local r=$1; shift; chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
   LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH="$epoch" PYTHONHASHSEED=0 "$@"; }
@@ -103,6 +106,8 @@ else
   # keep the newest few archives only
   ls -t "$cache"/image-*.tar 2>/dev/null | tail -n +4 | while read -r old; do rm -f "$old" "${old%.tar}.digest"; done
 fi
-[ "$out" = "$cache/image-$key.tar" ] || cp "$cache/image-$key.tar" "$out"
-echo "$(cat "$cache/image-$key.digest")" > "$out.digest" 2>/dev/null || true
+if [ "$out" != "$cache/image-$key.tar" ]; then
+  cp "$cache/image-$key.tar" "$out.tmp" && mv "$out.tmp" "$out"
+fi
+cp "$cache/image-$key.digest" "$out.digest.tmp" && mv "$out.digest.tmp" "$out.digest"
 echo "$out"
