@@ -8,7 +8,9 @@ FROM ${DEBIAN_IMAGE} AS base
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* \
+ && echo 'imagecache:x:65532:65532:imagecache:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'imagecache:x:65532:' >> /etc/group
 
 # Build stage: a wheel of the project, installed with its dependencies into a venv.
 FROM base AS build
@@ -31,8 +33,6 @@ LABEL org.opencontainers.image.title="imagecache" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /opt/venv /opt/venv
-RUN echo 'imagecache:x:65532:65532:imagecache:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
- && echo 'imagecache:x:65532:' >> /etc/group
 # Numeric, so that Kubernetes can check runAsNonRoot without a passwd entry.
 USER 65532:65532
 WORKDIR /tmp
