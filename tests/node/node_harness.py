@@ -278,7 +278,12 @@ class Node:
         return tag
 
     def down(self) -> str:
-        done = run(["bash", str(SCRIPTS / "node-down.sh"), str(self.dir)], timeout=600, check=False)
+        """Stop the node and remove its directory (on /dev/shm it holds images in memory)."""
+        done = run(
+            ["bash", str(SCRIPTS / "node-down.sh"), str(self.dir), "--purge"],
+            timeout=600,
+            check=False,
+        )
         return done.stderr
 
     # --- tools -------------------------------------------------------------------------------
