@@ -30,7 +30,8 @@ DECISION, CACHE, MISSING = (
         ({DECISION: "miss"}, ("Normal", "ImageCacheMiss", "no Ready image cache")),
         (
             {DECISION: "unavailable", CACHE: "gone"},
-            ("Warning", "ImageCacheUnavailable", "image cache gone does not exist"),
+            ("Warning", "ImageCacheUnavailable", "image cache gone cannot be used here now (no "
+             "ready copy in this namespace yet, or it does not exist"),
         ),
         ({DECISION: "unavailable"}, ("Warning", "ImageCacheUnavailable", "the requested")),
         ({CACHE: "web"}, None),
