@@ -246,6 +246,7 @@ async def run(args: argparse.Namespace) -> int:
         cache_selector=args.cache_selector,
         pod_selector=args.pod_selector or None,
     )
+    metrics.api_in_flight.set_function(lambda: kube.in_flight)
     runner = web.AppRunner(health_app(metrics, controller.health))
     await runner.setup()
     host, port = args.listen

@@ -45,6 +45,11 @@ class Metrics:
             ["verb"],
             registry=self.registry,
         )
+        self.api_in_flight = Gauge(
+            "imagecache_api_requests_in_flight",
+            "Requests to the Kubernetes API waiting for an answer (watches not counted)",
+            registry=self.registry,
+        )
         self.pod_events = Counter(
             "imagecache_pod_events_total",
             "Events written on pods from the webhook's decisions",

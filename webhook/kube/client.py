@@ -158,6 +158,7 @@ class Kube:
             connector=aiohttp.TCPConnector(ssl=_ssl_context(configuration), limit=32)
         )
         self.requests: Counter[str] = Counter()  # by verb
+        self.in_flight = 0  # requests sent and not yet answered (watches not counted)
         self.observer: Callable[[str], None] | None = None  # told each request's verb
         # Seconds writes may still take (the leader's time left); None: writes are not fenced.
         self.fence: Callable[[], float] | None = None
@@ -209,19 +210,23 @@ class Kube:
             timeout = aiohttp.ClientTimeout(total=min(left, self._timeout.total or left))
         self._count(verb or method.lower())
         data = None if body is None else json.dumps(body)
-        async with self._session.request(
-            method,
-            self._host + path,
-            params=params,
-            data=data,
-            headers=await self._headers(content_type if data is not None else None),
-            timeout=timeout,
-        ) as response:
-            text = await response.text()
-            if response.status >= 300:
-                raise _error(response.status, text)
-            result: Obj = json.loads(text) if text else {}
-            return result
+        self.in_flight += 1
+        try:
+            async with self._session.request(
+                method,
+                self._host + path,
+                params=params,
+                data=data,
+                headers=await self._headers(content_type if data is not None else None),
+                timeout=timeout,
+            ) as response:
+                text = await response.text()
+        finally:
+            self.in_flight -= 1
+        if response.status >= 300:
+            raise _error(response.status, text)
+        result: Obj = json.loads(text) if text else {}
+        return result
 
     async def get(self, res: Resource, namespace: str | None, name: str) -> Obj:
         return await self.request("GET", res.path(namespace, name), verb="get")
