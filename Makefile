@@ -11,7 +11,7 @@ CHART       ?= charts/imagecache
 # kubernetes-validate ships schemas from 1.28 on; the chart itself supports >= 1.20.
 KUBE_VERSION ?= 1.30.0
 
-.PHONY: help test lint image chart-lint serve-local bench bench-mirror bench-builder tools
+.PHONY: help test lint image image-oci chart-lint serve-local bench bench-mirror bench-builder bench-node tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ lint: ## ruff, mypy --strict, import-linter
 
 image: ## build the container image with docker (IMAGE=imagecache:dev)
 	docker build -t $(IMAGE) .
+
+image-oci: ## the same image as an OCI archive, no Docker (root: debootstrap); .cache/image/
+	bash hack/image.sh
 
 tools: ## helm and kubectl into $(TOOLS)
 	bash hack/tools.sh
@@ -51,3 +54,6 @@ bench-mirror: ## node mirror vs. a registry (needs docker-registry)
 
 bench-builder: ## builder vs. skopeo (needs docker-registry and skopeo)
 	$(PYTHON) bench/builder_vs_skopeo.py
+
+bench-node: ## pod start on a real node: cold pull vs cache vs present (root)
+	$(PYTHON) bench/node_bench.py

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(etcd-server docker-registry skopeo containerd apache2-utils busybox-static shellcheck)
+# The node tests (tests/node) also need what ../shared/node/node-up.sh runs and hack/image.sh
+# builds with: runc, CNI plugins, busybox, gcc (the pause image), iptables, debootstrap.
+debs=(etcd-server docker-registry skopeo containerd apache2-utils runc containernetworking-plugins
+      busybox-static gcc libc6-dev iptables debootstrap shellcheck)
 missing=()
 for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -106,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(PARTS[argv[0]][0])
         part_main: Callable[[list[str]], int] = module.main
         return part_main(argv[1:])
-    print("usage: imagecache COMMAND [ARGS]\n\ncommands:", file=sys.stderr)
+    # Asked for help: stdout and success (so `imagecache --help | less` works); a wrong or
+    # missing command: stderr and the usage error code.
+    asked = argv[:1] in (["-h"], ["--help"])
+    out = sys.stdout if asked else sys.stderr
+    print("usage: imagecache COMMAND [ARGS]\n\ncommands:", file=out)
     for name, (_, text) in {**PARTS, "explain": ("", "explain a pod's cache decision")}.items():
-        print(f"  {name:<11} {text}", file=sys.stderr)
-    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        print(f"  {name:<11} {text}", file=out)
+    return 0 if asked else 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from certs.issue import BACKDATE, Issued, make_ca, make_serving, new_key
 from certs.sans import parse_sans
+from webhook.controller.ownership import lacks_owner, with_owner
 from webhook.core.cert_plan import CertFacts, CertInfo, CertPlan, CertPolicy, plan
 from webhook.core.names import GROUP
 from webhook.kube.client import SECRET, ApiError, Kube, Resource, sleep_or_stop
@@ -55,6 +56,7 @@ class CertSettings:
     serving_days: float = 365
     overlap: timedelta = timedelta(hours=1)
     interval: float = 60.0  # seconds between checks (the caBundle may be reset by an upgrade)
+    owner: dict[str, Any] | None = None  # ownerReference put on the Secret (ownership.py)
 
     @property
     def dns_names(self) -> list[str]:
@@ -266,12 +268,12 @@ class CertificateManager:
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "kubernetes.io/tls",
-                "metadata": {
+                "metadata": with_owner({
                     "name": s.secret,
                     "namespace": s.namespace,
                     "annotations": annotations,
                     "labels": {"app.kubernetes.io/managed-by": "imagecache-controller"},
-                },
+                }, s.owner),
                 "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())},
             }
             if secret is None:
@@ -281,6 +283,10 @@ class CertificateManager:
                 await self.kube.replace(SECRET, body)  # 409 if someone else wrote first
             for reason in chosen.reasons:
                 log.info("webhook certificates: %s", reason)
+        elif secret is not None and lacks_owner(secret, s.owner):  # made before ownership
+            await self.kube.patch(SECRET, s.namespace, s.secret,
+                                  {"metadata": {"ownerReferences": with_owner(
+                                      secret["metadata"], s.owner)["ownerReferences"]}})
         if chosen.patch_bundle and config is not None:
             await self._patch_bundle(config, bundle_pem(data, chosen.bundle))
         elif config is None:

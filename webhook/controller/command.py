@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import replace
 from datetime import timedelta
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
 from webhook.controller.leader import LeaderElector, LeaseConfig
 from webhook.controller.metrics import Metrics, health_app
+from webhook.controller.ownership import read_owner
 from webhook.core.names import DECISION
 from webhook.core.reconcile_model import Settings
 from webhook.kube.client import Kube
@@ -139,6 +141,12 @@ def parser() -> argparse.ArgumentParser:
         help="elect one active controller on a Lease (default on)",
     )
     p.add_argument("--lease-name", default="imagecache-controller")
+    p.add_argument(
+        "--owner-deployment",
+        metavar="NAME",
+        help="the controller's Deployment (in --namespace): it owns the TLS Secret and the "
+        "Lease the controller creates, so deleting it removes them (needs get on deployments)",
+    )
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
     p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
@@ -255,9 +263,13 @@ async def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     code = 0
     elector: LeaderElector | None = None
+    owner = await read_owner(kube, settings.namespace, args.owner_deployment)
+    if cert_settings is not None:
+        cert_settings = replace(cert_settings, owner=owner)
     try:
         if args.leader_elect:
-            elector = LeaderElector(kube, lease_config(args, settings.namespace))
+            elector = LeaderElector(kube, replace(lease_config(args, settings.namespace),
+                                                  owner=owner))
             log.info("waiting to become leader of %s/%s", settings.namespace, args.lease_name)
             if not await elector.acquire(stop):
                 return 0

@@ -24,9 +24,11 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
+from webhook.controller.ownership import lacks_owner, with_owner
 from webhook.kube.client import LEASE, ApiError, Kube, Obj, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class LeaseConfig:
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    owner: dict[str, Any] | None = None  # ownerReference put on the Lease (ownership.py)
 
     def problem(self) -> str | None:
         """What makes these durations unsafe, or None."""
@@ -112,7 +115,7 @@ class LeaderElector:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": cfg.name, "namespace": cfg.namespace},
+                "metadata": with_owner({"name": cfg.name, "namespace": cfg.namespace}, cfg.owner),
                 "spec": self._spec(0),
             }
             try:
@@ -132,6 +135,8 @@ class LeaderElector:
         if holder and holder != cfg.identity and now - self._observed_at < duration:
             return False  # held by someone else, and still renewed
         transitions = int(spec.get("leaseTransitions") or 0)
+        if lacks_owner(lease, cfg.owner):  # made by a controller before ownership
+            lease["metadata"] = with_owner(lease.get("metadata") or {}, cfg.owner)
         if holder == cfg.identity:
             lease["spec"] = self._spec(transitions, spec.get("acquireTime"))
         else:

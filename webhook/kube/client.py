@@ -54,6 +54,7 @@ _KNOWN = [
     Resource("v1", "ConfigMap", "configmaps", True),
     Resource("v1", "Namespace", "namespaces", False),
     Resource("batch/v1", "Job", "jobs", True),
+    Resource("apps/v1", "Deployment", "deployments", True),
     Resource("coordination.k8s.io/v1", "Lease", "leases", True),
     Resource("imagecache.dev/v1alpha1", "ImageCache", "imagecaches", False),
     Resource("snapshot.storage.k8s.io/v1", "VolumeSnapshot", "volumesnapshots", True),
@@ -78,6 +79,7 @@ SECRET = resource("v1", "Secret")
 NAMESPACE = resource("v1", "Namespace")
 EVENT = resource("v1", "Event")
 JOB = resource("batch/v1", "Job")
+DEPLOYMENT = resource("apps/v1", "Deployment")
 LEASE = resource("coordination.k8s.io/v1", "Lease")
 IMAGECACHE = resource("imagecache.dev/v1alpha1", "ImageCache")
 SNAPSHOT = resource("snapshot.storage.k8s.io/v1", "VolumeSnapshot")

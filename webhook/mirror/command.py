@@ -22,6 +22,7 @@ from webhook.core.mirror_routes import normalize_registry
 from webhook.mirror.configure import configure
 from webhook.mirror.disks import DiskWatcher
 from webhook.mirror.metrics import MirrorMetrics
+from webhook.mirror.poller import DiskPoller
 from webhook.mirror.server import MirrorServer
 
 log = logging.getLogger("imagecache.mirror")
@@ -122,8 +123,10 @@ async def serve(args: argparse.Namespace) -> int:
         for state, count in watcher.counts().items():
             metrics.disks.labels(state).set(count)
 
-    await asyncio.to_thread(poll)
-    server = MirrorServer(lambda: watcher.index, metrics, default_registry, args.serve_tags)
+    poller = DiskPoller(poll)
+    await poller.poll()
+    server = MirrorServer(lambda: watcher.index, metrics, default_registry, args.serve_tags,
+                          look_again=poller.look_again, clock=poller.now)
     runners = [web.AppRunner(server.app(), access_log=None, handle_signals=False)]
     address = await _start_site(runners[0], args.listen, "--listen")
     log.info("node mirror serving on http://%s (root %s; manifests by %s)", address, args.root,
@@ -148,7 +151,7 @@ async def serve(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), args.poll_interval)
             if not stop.is_set():
                 try:
-                    await asyncio.to_thread(poll)
+                    await poller.poll()
                 except Exception:
                     log.exception("looking for cache disks failed; trying again")
     finally:

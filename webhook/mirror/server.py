@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -69,11 +69,17 @@ class MirrorServer:
         metrics: MirrorMetrics,
         default_registry: str = "docker.io",
         serve_tags: bool = False,
+        look_again: Callable[[float], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._index = index
         self.metrics = metrics
         self.default_registry = default_registry
         self.serve_tags = serve_tags
+        # On a manifest or blob miss: a fresh look for disks, then one more lookup
+        # (webhook.mirror.poller: the disk may have been mounted since the last poll).
+        self._look_again = look_again
+        self._clock = clock
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -119,6 +125,7 @@ class MirrorServer:
                     o.note, f" from {o.disk}" if o.disk else "")
 
     async def _dispatch(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        arrived = self._clock() if self._clock is not None else 0.0
         if request.path == "/metrics" and request.method == "GET":
             outcome.kind = "metrics"
             return await self._metrics(request)
@@ -137,10 +144,21 @@ class MirrorServer:
         refused = tag_refused(route, self.serve_tags)
         if refused is not None:
             return self._miss(outcome, refused)
-        if route.kind == MANIFEST:
-            return self._manifest(request, index, route, outcome)
         if route.kind == TAGS:
             return self._tags(request, index, route, outcome)
+        response = await self._lookup(request, index, route, outcome)
+        if outcome.hit is False and self._look_again is not None and await self._look_again(
+            arrived
+        ):
+            outcome.hit, outcome.note = None, ""
+            response = await self._lookup(request, self._index(), route, outcome)
+        return response
+
+    async def _lookup(
+        self, request: web.Request, index: NodeIndex, route: Route, outcome: Outcome
+    ) -> web.StreamResponse:
+        if route.kind == MANIFEST:
+            return self._manifest(request, index, route, outcome)
         return await self._blob(request, index, route, outcome)
 
     def _tags(
