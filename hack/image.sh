@@ -45,6 +45,7 @@ if [ ! -f "$base/.done" ]; then
   rm -rf "$base"; mkdir -p "$base"
   debootstrap --variant=minbase --include="$packages" "$suite" "$base/rootfs" "$mirror" > "$base/debootstrap.log" 2>&1 \
     || { tail -20 "$base/debootstrap.log" >&2; exit 1; }
+  # shellcheck disable=SC2016  # dpkg-query's own format, not the shell's
   inroot "$base/rootfs" dpkg-query -W -f '${Package}=${Version}\n' | sort > "$base/packages.txt"
   touch "$base/.done"
 fi
@@ -62,7 +63,8 @@ quiet "$python" -m pip wheel -q --wheel-dir "$work/wheels" "$work/src"
 quiet "$python" -m pip download -q --no-deps --only-binary=:all: --dest "$work/wheels" pip
 # The project's own wheel varies with build time; its installed files do not: key on the sources.
 src_key=$(cd "$work/src" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
-deps_key=$(cd "$work/wheels" && ls | grep -v '^imagecache-' | sort | xargs sha256sum | sha256sum | cut -c1-16)
+deps_key=$(cd "$work/wheels" && find . -maxdepth 1 -type f ! -name 'imagecache-*' | sort | xargs sha256sum \
+  | sha256sum | cut -c1-16)
 key=$(printf '%s\n' "$base_key" "$(cat "$base/packages.txt")" "$src_key" "$deps_key" "$name" "$epoch" \
   "$(sha256sum "$0" "$repo/hack/oci_archive.py")" | sha256sum | cut -c1-16)
 if [ -f "$cache/image-$key.tar" ]; then
@@ -75,6 +77,7 @@ else
   log "venv /opt/venv in the chroot"
   inroot "$root" /usr/bin/python3 -m venv --without-pip /opt/venv
   # pip runs from its wheel, offline, and does not stay in the image (as in the Dockerfile).
+  # shellcheck disable=SC2016  # expanded by the chroot's sh
   inroot "$root" sh -c 'set -- /tmp/wheels/pip-*.whl; PIP_NO_CACHE_DIR=1 /opt/venv/bin/python "$1/pip" install -q \
     --no-index --find-links /tmp/wheels --no-compile --disable-pip-version-check imagecache' >&2
   inroot "$root" /opt/venv/bin/imagecache --help >/dev/null
@@ -104,7 +107,8 @@ else
   mv "$work/image.tar" "$cache/image-$key.tar"
   log "built $name $digest ($(du -m "$cache/image-$key.tar" | cut -f1) MiB, key $key)"
   # keep the newest few archives only
-  ls -t "$cache"/image-*.tar 2>/dev/null | tail -n +4 | while read -r old; do rm -f "$old" "${old%.tar}.digest"; done
+  find "$cache" -maxdepth 1 -name 'image-*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +4 | cut -d' ' -f2- \
+    | while read -r old; do rm -f "$old" "${old%.tar}.digest"; done
 fi
 if [ "$out" != "$cache/image-$key.tar" ]; then
   cp "$cache/image-$key.tar" "$out.tmp" && mv "$out.tmp" "$out"

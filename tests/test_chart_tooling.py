@@ -97,7 +97,7 @@ def test_the_scripts_are_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:  # hack/test.sh installs it; by hand: apt-get install shellcheck
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    scripts = sorted(KIND_E2E.parent.glob("*.sh")) + [KIND_E2E.parent.parent / ".ci" / "run"]
+    scripts = [*sorted(KIND_E2E.parent.glob("*.sh")), KIND_E2E.parent.parent / ".ci" / "run"]
     assert KIND_E2E in scripts
     out = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
