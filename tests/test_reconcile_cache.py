@@ -558,6 +558,16 @@ def test_pull_secrets_outside_the_allowed_namespaces_are_refused(
          "BuilderImagePullFailed", "cannot pull its image img (ErrImagePull: not found)"),
         ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulerError"}]},
          None, "is pulling the images"),
+        # Seen on the real node: the Job's pod is scheduled before its disk's claim exists.
+        # That passes by itself; it is not the CPU request (issue 12).
+        ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": '0/1 nodes are available: 1 persistentvolumeclaim '
+                                     '"imagecache-build-c-1" not found.'}]},
+         None, "is pulling the images"),
+        ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": "0/1 nodes are available: 1 pod has unbound immediate "
+                                     "PersistentVolumeClaims."}]},
+         "BuilderUnschedulable", "Its disk's claim is not bound: check the StorageClass"),
     ],
 )  # fmt: skip
 def test_a_builder_pod_that_cannot_run_is_reported(

@@ -135,6 +135,12 @@ def builder_blocked(
 ) -> tuple[str, str]:
     """The condition reason and message of a builder pod that cannot run, with what to do."""
     detail = detail.rstrip(". ")
+    if why == "Unschedulable" and "persistentvolumeclaim" in detail.lower():
+        return "BuilderUnschedulable", (
+            f"builder pod {pod} cannot be scheduled: {detail}. Its disk's claim is not bound: "
+            "check the StorageClass (chart value builder.storageClassName, the ImageCache's "
+            "spec.storageClassName) and that it can provision a volume on a node"
+        )
     if why == "Unschedulable":
         return "BuilderUnschedulable", (
             f"builder pod {pod} cannot be scheduled: {detail}. It requests {cpu} CPU and "

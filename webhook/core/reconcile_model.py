@@ -326,6 +326,13 @@ BLOCKING_WAITS = frozenset(
 )
 
 
+def _claim_not_made_yet(message: str) -> bool:
+    """The scheduler's 'persistentvolumeclaim "X" not found': the build disk's claim is
+    created right after the Job, so its pod may be tried first."""
+    text = message.lower()
+    return "persistentvolumeclaim" in text and "not found" in text
+
+
 def _blocked(status: Mapping[str, Any]) -> tuple[str, str] | None:
     """Why a pod cannot run: the scheduler found no node, or its image cannot be pulled."""
     for condition in status.get("conditions") or []:
@@ -334,7 +341,10 @@ def _blocked(status: Mapping[str, Any]) -> tuple[str, str] | None:
             and condition.get("status") == "False"
             and condition.get("reason") == "Unschedulable"
         ):
-            return "Unschedulable", str(condition.get("message") or "no node fits it")
+            message = str(condition.get("message") or "no node fits it")
+            if _claim_not_made_yet(message):
+                return None  # the Job's pod came before its disk's claim: that passes
+            return "Unschedulable", message
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in BLOCKING_WAITS:
