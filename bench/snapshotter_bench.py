@@ -50,6 +50,7 @@ from snapshotter_testkit import (  # noqa: E402
 from webhook.mirror.configure import configure  # noqa: E402
 
 SLEEP = ["/bin/busybox", "sleep", "3600"]
+POD_UID = "pod-bench"
 SOURCES = ("/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/sbin", "/usr/include")
 MAX_FILE = 4 << 20  # a distro's files: many small ones, no single huge blob
 
@@ -115,7 +116,9 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
     ctd = Containerd(work, certs, socket, sandbox_image, snapshotter)
     cri = Cri(ctd.socket, work)
     try:
-        sandbox = cri.run_pod("bench", f"uid-{work.name}")
+        # The pod whose volume the cache disk is (kubelet_mount's "pod-bench"): in c, its
+        # container may use the disk (a neighbour pod's would wait for a copy).
+        sandbox = cri.run_pod("bench", POD_UID)
         if present:
             cri.pull(image, timeout=900)
             first = cri.start_container(sandbox, "warm", image, SLEEP)
@@ -143,6 +146,11 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/snap-bench-layers"))
     parser.add_argument("--modes", default="abcde", help="which of a-e to run (default all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep-logs", type=Path,
+                        help="copy each c/e run's snapshotter log here (with --log-level debug: "
+                        "one line per gRPC call with its duration)")
+    parser.add_argument("--snapshotter-arg", action="append", default=[],
+                        help="extra argument for `snapshotter serve`, e.g. --log-level=debug")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (containerd, overlay mounts)", file=sys.stderr)
@@ -171,7 +179,7 @@ def main() -> int:
             image = f"{registry.host}/bench@{digest}"
             sandbox_image = f"{registry.host}/pause:1"
             pods = work / "pods"
-            disk = kubelet_mount(pods, "pod-bench", "pvc-bench")
+            disk = kubelet_mount(pods, POD_UID, "pvc-bench")
             disk.mkdir(parents=True)
             started = time.monotonic()
             code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
@@ -197,7 +205,11 @@ def main() -> int:
                         if mode in "ce":
                             snap = SnapshotterProcess(run / "snaproot",
                                                       pods if mode == "c" else nodisk, socket,
-                                                      run / "snapshotter.log")
+                                                      run / "snapshotter.log",
+                                                      # the run's containerd (Mounts asks it)
+                                                      "--containerd-socket",
+                                                      str(run / "ctd" / "containerd.sock"),
+                                                      *args.snapshotter_arg)
                         try:
                             pull, start = start_once(
                                 run / "ctd", via_mirror if mode == "b" else direct, socket,
@@ -208,6 +220,10 @@ def main() -> int:
                             if snap is not None and snap.proc is not None:
                                 rss.append(vm_hwm_kib(snap.proc.pid))
                                 snap.stop()
+                                if args.keep_logs:
+                                    args.keep_logs.mkdir(parents=True, exist_ok=True)
+                                    shutil.copy(snap.log, args.keep_logs /
+                                                f"snapshotter-{mode}-{round_}.log")
                             shutil.rmtree(run, ignore_errors=True)  # its snapshots too
                         samples[mode].append(pull + start)
                         pulls[mode].append(pull)

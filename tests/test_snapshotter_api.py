@@ -280,6 +280,40 @@ def test_remote_layer_rule_usage_and_fallback(api: Api) -> None:
     assert again[0].type == "bind" and "rw" in again[0].options
 
 
+def test_disk_mounted_or_unmounted_is_seen_by_the_next_prepare(api: Api) -> None:
+    """The chain ID -> disk index (webhook.snapshotter.disks) is no stale cache: a disk mounted
+    a moment ago serves the next Prepare, an unmounted one no longer does, a new one mounted
+    at the same place does again, all within the scan interval (no waiting)."""
+    C = grpc.StatusCode
+    make_disk(api.disks, "plain", "sha256:" + "ef" * 32)
+    assert api.code("Prepare", key="warm", labels={REF: "sha256:" + "ef" * 32}) \
+        == C.ALREADY_EXISTS
+    # That record is fsync'd a moment later, in the background (webhook.snapshotter.store);
+    # a process killed at once keeps it all the same.
+    api.process.kill()
+    api.process.start()  # scans the disks: the next Prepares are within the scan's ttl
+    assert api.stat("sha256:" + "ef" * 32).kind == pb.COMMITTED
+    place = api.disks / "mounted"
+    place.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(place)], check=True)
+    try:
+        make_disk(api.disks, "mounted")
+        assert api.code("Prepare", key="k1", labels={REF: CHAIN}) == C.ALREADY_EXISTS
+        child = api.prepare("c1", CHAIN)
+        assert options(child)["lowerdir"] == str(place / "layers" / CHAIN.removeprefix(
+            "sha256:"))
+    finally:
+        subprocess.run(["umount", str(place)], check=True)
+    unpack = api.prepare("k2", **{REF: CHAIN})  # gone: an ordinary snapshot to unpack into
+    assert unpack[0].type == "bind" and "rw" in unpack[0].options
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(place)], check=True)
+    try:
+        make_disk(api.disks, "mounted")
+        assert api.code("Prepare", key="k3", labels={REF: CHAIN}) == C.ALREADY_EXISTS
+    finally:
+        subprocess.run(["umount", str(place)], check=True)
+
+
 def test_materialized_layer_outlives_its_disk(tmp_path: Path) -> None:
     """After a disk-backed pull the layer is copied into the root in the background; once
     copied, mounts use the copy (never the disk), so the disk may go away."""

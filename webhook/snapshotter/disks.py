@@ -4,8 +4,11 @@ A cache disk is a directory with imagecache.json, found as the node mirror finds
 kubelet's CSI mount layout below `--disks-root`, then any directory up to `--depth` levels
 down). A layer counts only when imagecache.json lists it as unpacked (the builder verified
 it against its diff ID) and `layers/<chainID hex>/` is a real directory. Scans are cheap
-(one stat of imagecache.json per disk, its body re-read only when it changed) and happen at
-most once per `ttl` seconds, on demand.
+(one stat of imagecache.json per disk, its body re-read only when it changed) and happen on
+demand: at most once per `ttl` seconds, at once when the mount table changed (a disk mounted
+or unmounted; poll() on /proc/self/mountinfo, one syscall) and on a miss. Between scans a
+layer is found through an index chain ID -> disks, checked by one stat of the disk's
+imagecache.json (still the disk scanned) and one lstat of the layer directory.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import select
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -53,6 +58,14 @@ def _stamp(path: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _is_real_dir(path: str) -> bool:
+    """A directory, not a symlink to one (a disk's layer must not point elsewhere)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class DiskLayers:
     def __init__(self, root: str, globs: Sequence[str] = (KUBELET_CSI_GLOB,), depth: int = 2,
                  ttl: float = 1.0) -> None:
@@ -61,8 +74,26 @@ class DiskLayers:
         self.depth = depth
         self.ttl = ttl
         self._disks: dict[str, _Disk] = {}
+        self._index: dict[str, tuple[_Disk, ...]] = {}
         self._scanned = -1e9
         self._lock = threading.Lock()
+        self._mountinfo: int | None = None
+        self._poll = select.poll()
+        try:  # POLLPRI|POLLERR each time a mount is added or removed in this namespace
+            self._mountinfo = os.open("/proc/self/mountinfo", os.O_RDONLY)
+            self._poll.register(self._mountinfo, select.POLLPRI | select.POLLERR)
+        except OSError:
+            pass  # no procfs: the ttl and the miss rescans still find disks
+
+    def close(self) -> None:
+        if self._mountinfo is not None:
+            os.close(self._mountinfo)
+            self._mountinfo = None
+
+    def _mounts_changed(self) -> bool:
+        """True once after each change of the mount table (the kernel re-arms on report)."""
+        with self._lock:
+            return self._mountinfo is not None and bool(self._poll.poll(0))
 
     def _candidates(self) -> set[str]:
         found: set[str] = set()
@@ -133,12 +164,17 @@ class DiskLayers:
             for path in self._disks.keys() - disks.keys():
                 log.info("cache disk gone: %s", path, extra={"fields": {"disk": path}})
             self._disks = disks
+            index: dict[str, list[_Disk]] = {}
+            for disk in disks.values():
+                for chain_hex in disk.layers:
+                    index.setdefault(chain_hex, []).append(disk)
+            self._index = {k: tuple(v) for k, v in index.items()}
             self._scanned = time.monotonic()
 
     def sources(self, chain_hex: str, pod_uid: str = "") -> list[LayerSource]:
         """Disks holding the layer, the disk of `pod_uid` first. A miss looks again at once:
         the kubelet mounts a pod's disk just before it pulls the pod's images."""
-        self.refresh()
+        self.refresh(force=self._mounts_changed())
         found = self._sources(chain_hex, pod_uid)
         if not found:
             self.refresh(force=True)
@@ -147,13 +183,10 @@ class DiskLayers:
 
     def _sources(self, chain_hex: str, pod_uid: str) -> list[LayerSource]:
         found = []
-        for disk in self._disks.values():
-            if chain_hex not in disk.layers:
-                continue
+        for disk in self._index.get(chain_hex, ()):
             path = os.path.join(disk.path, LAYERS_DIR, chain_hex)
             # Still the disk that was scanned (not unmounted or rebuilt since)?
-            if _stamp(disk.path) == disk.stamp and os.path.isdir(path) and not os.path.islink(
-                    path):
+            if _stamp(disk.path) == disk.stamp and _is_real_dir(path):
                 found.append(LayerSource(path, disk.path, disk.cache, disk.pod_uid))
         found.sort(key=lambda s: (s.pod_uid != pod_uid, s.disk))
         return found

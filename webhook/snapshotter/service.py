@@ -61,7 +61,12 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"{method}: {type(exc).__name__}: {exc}")
             raise
         finally:
-            self.metrics.calls.labels(method, code).observe(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.metrics.calls.labels(method, code).observe(elapsed)
+            if log.isEnabledFor(logging.DEBUG):  # where a pull's time goes, call by call
+                log.debug("%s %s %.2f ms", method, code, elapsed * 1000,
+                          extra={"fields": {"method": method, "code": code,
+                                            "ms": round(elapsed * 1000, 2)}})
 
     def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
         mounts = self._call("Prepare", context, lambda: self.sn.prepare(

@@ -101,6 +101,7 @@ class Snapshotter:
         for thread in threads:
             thread.join(30)
         self.store.close()
+        self.disks.close()
 
     # ------------------------------------------------------------ paths and mounts
 
@@ -189,7 +190,8 @@ class Snapshotter:
         if not sources and not copied:
             return
         namespace, _ = split_key(key)
-        with self.store.transaction() as db:
+        # Not fsync'd here (webhook.snapshotter.store): the content is on the cache disk.
+        with self.store.transaction(durable=False) as db:
             self.store.create(db, target, parent, Kind.COMMITTED,
                               {**labels, SOURCE_LABEL: chain_hex, NAMESPACE_LABEL: namespace},
                               source=chain_hex)
@@ -244,6 +246,13 @@ class Snapshotter:
             _, err = proc.communicate()
             if proc.returncode != 0:
                 raise OSError(f"cp exited {proc.returncode}: {err.decode(errors='replace')}")
+            # On disk before it is named complete: a power cut must not leave a complete-
+            # looking copy with empty files (rename is not ordered after delayed writes).
+            synced = subprocess.run(["sync", "--file-system", "--", str(partial)],
+                                    capture_output=True, check=False)
+            if synced.returncode != 0:
+                raise OSError(f"sync exited {synced.returncode}: "
+                              f"{synced.stderr.decode(errors='replace')}")
             os.rename(partial, final)
             self.metrics.materialized.inc()
             log.info("layer %s copied from %s", chain_hex, source,
