@@ -313,10 +313,11 @@ def test_an_image_whose_disk_went_away_is_pulled_again(lean: Node) -> None:
     os.rename(lean.disk, unmounted)  # the pod ends; kubelet unmounts its disk
     try:
         deadline = time.monotonic() + 60
-        while lean.cri.image_present(ref):  # the snapshotter removes it through CRI
+        # The snapshotter removes it through CRI, then logs it: wait for both (the log line
+        # is written after RemoveImage returns, so it may trail the image's removal).
+        while lean.cri.image_present(ref) or f"image {ref} removed" not in lean.snapshotter.text():
             assert time.monotonic() < deadline, lean.snapshotter.text()[-3000:]
             time.sleep(0.1)
-        assert f"image {ref} removed" in lean.snapshotter.text()
         before = len(lean.registry.requests())
         lean.cri.pull(ref)  # what the kubelet does next: a real pull
         assert len(lean.layer_gets(before, vol)) >= 1

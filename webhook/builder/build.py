@@ -15,7 +15,7 @@ from webhook.builder.download import fetch_blob
 from webhook.builder.layers import drop_layers, unpack_images
 from webhook.builder.registry_client import RegistryClient, RetryPolicy
 from webhook.builder.resolve import resolve_image
-from webhook.core.build_errors import BuildFailure, format_bytes
+from webhook.core.build_errors import BuildFailure, Reason, format_bytes
 from webhook.core.build_plan import ResolvedImage, plan_build
 from webhook.core.cachedisk import CachedImage, CacheManifest
 from webhook.core.imageref import parse
@@ -137,6 +137,17 @@ async def build(options: BuildOptions) -> BuildSummary:
     dropped = await asyncio.to_thread(store.prepare)
     if dropped:
         log.info("dropped %d partial file(s) of an interrupted build", dropped)
+    try:
+        return await _build_into(store, options, started)
+    except BuildFailure as exc:
+        if exc.reason is Reason.DISK_FULL:
+            # A full disk keeps no half-written file, whichever download was writing it:
+            # the space goes back, and a retry fetches those blobs again.
+            await asyncio.to_thread(store.finish)
+        raise
+
+
+async def _build_into(store: BlobStore, options: BuildOptions, started: float) -> BuildSummary:
     async with _client(options) as client:
         images = await _resolve_images(client, options)
         limit = asyncio.Semaphore(options.concurrency)
