@@ -182,6 +182,12 @@ def switch_containerd(node: Node, archive: Path) -> None:
     os.kill(pid, signal.SIGTERM)
     eventually("containerd stopped", lambda: not Path(f"/proc/{pid}").exists(), 60, interval=0.2)
     node.up()
+    # node-up.sh writes config.toml afresh at every start: CRI's snapshotter must survive that
+    if 'snapshotter = "imagecache"' not in (conf / "config.toml").read_text():
+        raise RuntimeError(
+            f"{conf / 'config.toml'}: CRI's snapshotter is not imagecache after the restart "
+            "(node-up.sh rewrote the file); the snap-* modes would measure overlayfs"
+        )
     for tar in (node.dir / "images" / "pause.tar", archive):
         node.ctr("images", "import", "--snapshotter", "imagecache", str(tar))
     node.tag_by_digest(IMAGE, archive)
