@@ -14,15 +14,29 @@ polled every 20 ms) for, in each round:
            CSI stand-in provides the clone (tests/node/csi_standin.py), containerd fetches
            from the disk through the node mirror and unpacks;
   present  the image is in containerd already.
-Prints one line per pod and the medians; the node is always stopped at the end.
+Then the node's containerd is switched to the node snapshotter (docs/snapshotter.md): layers
+are unpacked onto the cache disk (`imagecache build --layers` into the stand-in's snapshots,
+which every clone copies), `imagecache snapshotter serve` runs in the node's mount namespace
+with --disks-root the kubelet's pods dir, `imagecache snapshotter configure` switches CRI,
+containerd restarts (node-up.sh) and the local images are imported again for the snapshotter.
+containerd 1.6 has one CRI snapshotter per daemon, so these modes run interleaved in a second
+set of rounds, not with the first three:
+  snap-cached   as cached, containerd takes the layers from the pod's disk (no fetch, no unpack);
+  snap-cold     as cold, through the snapshotter (its ordinary overlay snapshots);
+  snap-present  as present, through the snapshotter.
+Prints one line per pod (with the registry's blob GETs for it) and the medians; the node is
+always stopped at the end. Node directory: IMAGECACHE_NODE_DIR (as the node tests).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +45,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "node")]
 
-from node_harness import Node, eventually, pick_base  # noqa: E402
-from node_site import IMAGE, build_image, deployment, set_up_site, tke_manifest  # noqa: E402
+from node_harness import Node, eventually, pick_base, run  # noqa: E402
+from node_site import IMAGE, Site, build_image, deployment, set_up_site, tke_manifest  # noqa: E402
 
 NS = "bench"
 MODES = ("cold", "cached", "present")
+# After the switch; snap-cached first: when its pod (and disk) is gone the snapshotter removes
+# the image (never dangling), so snap-present follows snap-cold, which leaves it present.
+SNAP_MODES = ("snap-cached", "snap-cold", "snap-present")
+IMAGECACHE = str(Path(sys.executable).parent / "imagecache")
 
 
 def pull_seconds(node: Node, name: str) -> float | None:
@@ -92,6 +110,134 @@ def delete_pod(node: Node, name: str) -> None:
     )
 
 
+def add_layers(site: Site, image: str, work: Path) -> None:
+    """Unpack the image's layers onto the built disk: into each snapshot the stand-in holds
+    (every pod's clone is a copy of one), as the builder does with --builder-layers."""
+    snapshots = sorted((site.standin.root / "snapshots").iterdir())
+    if not snapshots:
+        raise RuntimeError("no snapshot of the cache disk to add layers to")
+    for disk in snapshots:
+        run(
+            [
+                IMAGECACHE, "build", "--name", "big", "--image", image, "--output", str(disk),
+                "--insecure-registry", site.public.host, "--layers",
+                "--termination-log", str(work / "termination"),
+            ],
+            timeout=900,
+        )
+
+
+def start_snapshotter(node: Node, work: Path) -> subprocess.Popen[bytes]:
+    """`imagecache snapshotter serve` in the node's mount namespace (where the kubelet mounts
+    the pods' disks and containerd mounts what it answers); returns when its socket exists.
+    --no-materialize: a copy of the disk's layers into its root would make the next pods of
+    the image start from the node's copy, not from their disk (nor really pull in snap-cold)."""
+    root = node.dir / "imagecache-snapshotter"
+    root.mkdir(exist_ok=True)
+    sock = root / "snapshotter.sock"
+    log = (work / "snapshotter.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            "nsenter", f"--mount={node.dir}/ns/mnt", "--",
+            IMAGECACHE, "snapshotter", "serve",
+            "--socket", str(sock),
+            "--root", str(root / "root"),
+            "--disks-root", str(node.dir / "kubelet" / "pods"),
+            "--glob", "*/volumes/kubernetes.io~local-volume/*",
+            "--containerd-socket", str(node.dir / "containerd" / "containerd.sock"),
+            "--no-materialize",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"snapshotter exited {proc.returncode}: see {log.name}")
+        return sock.exists()
+
+    try:
+        eventually("the snapshotter's socket", up, 60, interval=0.2)
+    except BaseException:
+        proc.terminate()
+        proc.wait(30)
+        raise
+    return proc
+
+
+def switch_containerd(node: Node, archive: Path) -> None:
+    """Configure CRI for the snapshotter, restart containerd as the node's README says, and
+    import the local images again for the snapshotter."""
+    sock = node.dir / "imagecache-snapshotter" / "snapshotter.sock"
+    conf = node.dir / "containerd"
+    run(
+        [
+            IMAGECACHE, "snapshotter", "configure",
+            "--containerd-config", str(conf / "config.toml"),
+            "--socket", str(sock),
+            "--drop-in", str(conf / "conf.d" / "imagecache.toml"),
+        ]
+    )
+    pid = int((node.dir / "containerd.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    eventually("containerd stopped", lambda: not Path(f"/proc/{pid}").exists(), 60, interval=0.2)
+    node.up()
+    # node-up.sh writes config.toml afresh at every start: CRI's snapshotter must survive that
+    if 'snapshotter = "imagecache"' not in (conf / "config.toml").read_text():
+        raise RuntimeError(
+            f"{conf / 'config.toml'}: CRI's snapshotter is not imagecache after the restart "
+            "(node-up.sh rewrote the file); the snap-* modes would measure overlayfs"
+        )
+    for tar in (node.dir / "images" / "pause.tar", archive):
+        node.ctr("images", "import", "--snapshotter", "imagecache", str(tar))
+    node.tag_by_digest(IMAGE, archive)
+    eventually(
+        "node Ready after the containerd restart",
+        lambda: any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in ((node.get("node", "127.0.0.1") or {}).get("status") or {}).get("conditions")
+            or []
+        ),
+        120,
+        interval=0.5,
+    )
+
+
+def measure(
+    node: Node,
+    site: Site,
+    image: str,
+    blobs: list[str],
+    chains: list[str],
+    mode: str,
+    r: int,
+) -> tuple[float, float]:
+    """One pod of `mode`: create -> Running seconds and the kubelet's pull seconds."""
+    snapshotter = "imagecache" if mode.startswith("snap-") else "overlayfs"
+    kind = mode.removeprefix("snap-")
+    if kind != "present":
+        node.forget_image(image, blobs, chains, snapshotter=snapshotter)
+    name = f"{mode}-{r}"
+    mark = site.public.mark()
+    elapsed, decision = time_pod(node, name, image, cached=kind == "cached")
+    if kind == "cached" and decision != "hit":
+        raise RuntimeError(f"{name}: decision {decision}, not hit")
+    pulled = eventually(
+        "the kubelet's Pulled event",
+        lambda: pull_seconds(node, name) if kind != "present" else 0.0,
+        60,
+    )
+    gets = len(site.public.blob_gets(mark, "bench/big"))
+    print(
+        f"round {r} {mode:12} {elapsed:6.2f} s  (of which pulling {pulled:5.2f} s; "
+        f"decision {decision}; {gets} blob GETs at the registry; "
+        f"load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    delete_pod(node, name)
+    return elapsed, pulled
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -100,9 +246,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the node running")
     args = parser.parse_args()
     base = pick_base()
-    node = Node(base, Path(f"/dev/shm/imagecache-bench-{base}"))
+    directory = os.environ.get("IMAGECACHE_NODE_DIR", f"/dev/shm/imagecache-bench-{base}")
+    node = Node(base, Path(directory))
     work = Path(tempfile.mkdtemp(prefix="imagecache-node-bench-"))
     site = None
+    snap: subprocess.Popen[bytes] | None = None
     try:
         archive = build_image()
         node.up([archive])
@@ -136,29 +284,22 @@ def main() -> int:
             interval=1,
         )
         print(f"cache built and ready in {time.monotonic() - t0:.0f} s", flush=True)
-        times: dict[str, list[float]] = {m: [] for m in MODES}
-        pulls: dict[str, list[float]] = {m: [] for m in MODES}
+        times: dict[str, list[float]] = {m: [] for m in (*MODES, *SNAP_MODES)}
         for r in range(args.rounds):
             for mode in MODES:
-                if mode != "present":
-                    node.forget_image(image, blobs, chains)
-                name = f"{mode}-{r}"
-                elapsed, decision = time_pod(node, name, image, cached=mode == "cached")
-                if mode == "cached" and decision != "hit":
-                    raise RuntimeError(f"{name}: decision {decision}, not hit")
-                times[mode].append(elapsed)
-                pulled = eventually(
-                    "the kubelet's Pulled event",
-                    lambda n=name, m=mode: pull_seconds(node, n) if m != "present" else 0.0,
-                    60,
-                )
-                pulls[mode].append(pulled)
-                print(
-                    f"round {r} {mode:8} {elapsed:6.2f} s  (of which pulling {pulled:5.2f} s; "
-                    f"decision {decision})",
-                    flush=True,
-                )
-                delete_pod(node, name)
+                times[mode].append(measure(node, site, image, blobs, chains, mode, r)[0])
+        t0 = time.monotonic()
+        add_layers(site, image, work)
+        snap = start_snapshotter(node, work)
+        switch_containerd(node, archive)
+        print(
+            f"switched to the snapshotter in {time.monotonic() - t0:.0f} s "
+            f"(its log: {work / 'snapshotter.log'})",
+            flush=True,
+        )
+        for r in range(args.rounds):
+            for mode in SNAP_MODES:
+                times[mode].append(measure(node, site, image, blobs, chains, mode, r)[0])
         med = {m: statistics.median(v) for m, v in times.items()}
         print(
             json.dumps(
@@ -166,7 +307,11 @@ def main() -> int:
                     "medians_s": {m: round(v, 2) for m, v in med.items()},
                     "cached_over_present": round(med["cached"] / med["present"], 2),
                     "cold_over_cached": round(med["cold"] / med["cached"], 2),
+                    "snap_cached_over_present": round(med["snap-cached"] / med["present"], 2),
+                    "cold_over_snap_cached": round(med["cold"] / med["snap-cached"], 2),
+                    "snap_cold_over_cold": round(med["snap-cold"] / med["cold"], 2),
                     "rounds": args.rounds,
+                    "loadavg": [round(x, 1) for x in os.getloadavg()],
                 },
                 indent=1,
             )
@@ -175,6 +320,9 @@ def main() -> int:
     finally:
         if site is not None:
             site.standin.stop()
+        if snap is not None and not args.keep:
+            snap.terminate()
+            snap.wait(30)
         if not args.keep:
             node.down()
 

@@ -436,7 +436,12 @@ class Node:
         return out
 
     def forget_image(
-        self, ref: str, blobs: Iterable[str], chains: Sequence[str], timeout: float = 120
+        self,
+        ref: str,
+        blobs: Iterable[str],
+        chains: Sequence[str],
+        timeout: float = 120,
+        snapshotter: str = "overlayfs",
     ) -> None:
         """Make the next pod of `ref` really pull and unpack it: remove the image's names, the
         containers of it that no longer run (what the kubelet's GC would do later) and its
@@ -467,10 +472,11 @@ class Node:
             if names:
                 self.ctr("images", "rm", "--sync", *names, check=False)
             for chain in reversed(chains):  # children first
-                self.ctr("snapshots", "rm", chain, check=False)
+                self.ctr("snapshots", "--snapshotter", snapshotter, "rm", chain, check=False)
+            listed_snapshots = self.ctr("snapshots", "--snapshotter", snapshotter, "ls").stdout
             snapshots = {
                 line.split()[0]
-                for line in self.ctr("snapshots", "ls").stdout.splitlines()[1:]
+                for line in listed_snapshots.splitlines()[1:]
                 if line.strip()
             }
             content = set(self.ctr("content", "ls", "-q").stdout.split())

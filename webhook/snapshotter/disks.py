@@ -121,7 +121,8 @@ class DiskLayers:
 
     def _pod_uid(self, path: str) -> str:
         relative = os.path.relpath(path, self.root).split(os.sep)
-        if len(relative) >= 5 and relative[1] == "volumes":
+        # <uid>/volumes/<plugin>/<volume>[/mount]: CSI volumes end in mount, local PVs do not
+        if len(relative) >= 4 and relative[1] == "volumes":
             return relative[0]
         return ""
 
