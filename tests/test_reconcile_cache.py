@@ -11,6 +11,7 @@ import pytest
 from webhook.core import reconcile_cache as rc
 from webhook.core import reconcile_names as rn
 from webhook.core.build_result import encode_build_error, encode_build_result
+from webhook.core.reconcile_jobs import auto_size_gib
 from webhook.core.reconcile_model import (
     AddFinalizer,
     BuilderPod,
@@ -33,7 +34,9 @@ from webhook.core.reconcile_model import (
     SnapshotState,
     UserPod,
     builder_pod_state,
+    event_of,
 )
+from webhook.core.reconcile_spec import build_inputs
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(namespace="imc", builder_image="img", snapshot_class="snap")
@@ -60,7 +63,7 @@ def cache(
 
 
 def bid_of(c: Cache) -> str:
-    return rc.build_inputs(Observed(cache=c), SETTINGS).bid
+    return build_inputs(Observed(cache=c), SETTINGS).bid
 
 
 def observed(c: Cache, **kw: Any) -> Observed:
@@ -90,17 +93,23 @@ def primary(
 
 
 def kinds(plan: Plan) -> list[str]:
+    """The actions in order; an Event an action carries follows it as "Emit <reason>"."""
     out = []
     for action in plan.actions:
         if isinstance(action, Create):
             out.append(f"Create {action.obj['kind']}")
         elif isinstance(action, Delete):
             out.append(f"Delete {action.kind}")
-        elif isinstance(action, Emit):
-            out.append(f"Emit {action.reason}")
-        else:
+        elif not isinstance(action, Emit):
             out.append(type(action).__name__)
+        event = event_of(action)
+        if event is not None:
+            out.append(f"Emit {event.reason}")
     return out
+
+
+def events(plan: Plan) -> list[Emit]:
+    return [e for e in map(event_of, plan.actions) if e is not None]
 
 
 def status_of(plan: Plan) -> dict[str, Any]:
@@ -265,7 +274,7 @@ def test_sized_build_uses_the_measured_size() -> None:
     ("total", "gib"), [(0, 1), (1, 2), (GIB, 3), (10 * GIB, 14), (10**16, 10000)]
 )
 def test_auto_size(total: int, gib: int) -> None:
-    assert rc.auto_size_gib(total) == gib
+    assert auto_size_gib(total) == gib
 
 
 @pytest.mark.parametrize(
@@ -300,7 +309,7 @@ def _expired(pods: tuple[UserPod, ...]) -> Plan:
 
 def test_expired_cache_is_deleted() -> None:
     plan = _expired(())
-    assert kinds(plan)[-3:] == ["Emit Expired", "DeleteCache", "PatchStatus"]
+    assert kinds(plan)[-3:] == ["DeleteCache", "Emit Expired", "PatchStatus"]
     assert status_of(plan)["phase"] == "Expired"
 
 
@@ -445,7 +454,7 @@ def test_a_copy_that_cannot_be_made_is_said_and_retried() -> None:
     entry = status_of(plan)["namespaces"][0]
     assert entry == {"namespace": "gone", "snapshotName": rn.copy_name(NAME, B),
                      "readyToUse": False, "message": problem}  # fmt: skip
-    warning = [a for a in plan.actions if isinstance(a, Emit) and a.type == "Warning"]
+    warning = [e for e in events(plan) if e.type == "Warning"]
     assert [w.reason for w in warning] == ["SnapshotCopyFailed"]
     assert plan.requeue_after is not None
 
@@ -472,7 +481,7 @@ def test_deletion_cleans_up_then_releases_the_finalizer() -> None:
                            "Delete VolumeSnapshotContent"]  # fmt: skip
     assert plan.requeue_after is not None
     plan = rc.plan(observed(doomed), SETTINGS, NOW)
-    assert kinds(plan) == ["Emit CleanedUp", "RemoveFinalizer"]
+    assert kinds(plan) == ["RemoveFinalizer", "Emit CleanedUp"]
     cloning = observed(doomed, snapshots=(COPY_B,), claims=(claim(COPY_B.name),))
     deferred = rc.plan(cloning, SETTINGS, NOW)
     assert kinds(deferred) == ["Emit DeletionDeferred", "PatchStatus"]
@@ -582,9 +591,29 @@ def test_a_builder_pod_that_cannot_run_is_reported(
     assert says in status["message"], status["message"]
     built = next(c for c in status["conditions"] if c["type"] == "Built")
     assert built["reason"] == (reason or "Building")
-    warnings = [a.reason for a in plan.actions if isinstance(a, Emit) and a.type == "Warning"]
+    warnings = [e.reason for e in events(plan) if e.type == "Warning"]
     assert warnings == ([reason] if reason else [])
     # The same state again: no second Event.
     again = rc.plan(observed(cache(status=status), jobs=(job(C),), builder_pods=(state,)),
                     SETTINGS, NOW)  # fmt: skip
-    assert not [a for a in again.actions if isinstance(a, Emit)]
+    assert not events(again)
+
+
+def test_events_ride_on_the_action_they_tell() -> None:
+    """Issue 13.11: an Event that tells what an action did is carried by it (the shell writes
+    it only if the action made its object), not placed after it in the plan."""
+    plan = rc.plan(observed(C), SETTINGS, NOW)
+    job_create = next(a for a in plan.actions if isinstance(a, Create) and a.obj["kind"] == "Job")
+    assert job_create.event is not None and job_create.event.reason == "BuildStarted"
+    assert not [a for a in plan.actions if isinstance(a, Emit)]  # no free-standing Event
+
+
+def test_the_snapshot_carries_the_result_that_was_read() -> None:
+    """Issue 13.11 (found while splitting): the newest pod's message unreadable, an older
+    one's readable: the snapshot must carry the readable one, whose images status shows."""
+    older = replace(pod(C, RESULT), name="pod-old", created=NOW - timedelta(minutes=2))
+    newer = replace(pod(C, "garbage"), name="pod-new")
+    obs = observed(C, jobs=(job(C, succeeded=True),), builder_pods=(older, newer))
+    plan = rc.plan(obs, SETTINGS, NOW)
+    snapshot = next(a for a in plan.actions if isinstance(a, Create))
+    assert snapshot.obj["metadata"]["annotations"][rn.RESULT_ANNOTATION] == RESULT

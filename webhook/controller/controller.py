@@ -23,6 +23,7 @@ from webhook.core import reconcile_failures as rf
 from webhook.core import reconcile_model as m
 from webhook.core import reconcile_names as rn
 from webhook.core import reconcile_pods as rp
+from webhook.core import reconcile_status as rs
 from webhook.core.caches import parse_time
 from webhook.core.manifests_build import DOCKERCONFIG_KEY, secret_key
 from webhook.core.pod_record import slim_pod
@@ -208,7 +209,7 @@ class Controller:
     def _on_class(self, kind: str, obj: Obj) -> None:
         for cache in self.caches:
             phase = (cache.get("status") or {}).get("phase")
-            if phase != planner.READY:
+            if phase != rs.READY:
                 self._on_cache(kind, cache)
 
     def _on_claim(self, kind: str, obj: Obj) -> None:
@@ -218,7 +219,7 @@ class Controller:
 
     def _on_namespace(self, kind: str, obj: Obj) -> None:
         for cache in self.caches:
-            if (cache.get("status") or {}).get("phase") == planner.READY:
+            if (cache.get("status") or {}).get("phase") == rs.READY:
                 self._on_cache(kind, cache)
 
     def _on_user_pod(self, kind: str, obj: Obj) -> None:
@@ -324,21 +325,14 @@ class Controller:
 
     async def execute(self, plan: m.Plan, observed: m.Observed, obj: Obj) -> None:
         cache = observed.cache
-        skip_event = False
         refused: set[str] = set()  # namespaces a copy could not be made in, this pass
         for action in plan.actions:
-            if isinstance(action, m.Emit):
-                if not skip_event:
-                    await self.emit(obj, action)
-                skip_event = False
-                continue
-            skip_event = False
+            done = True  # whether the action's own Event is to be written
             if isinstance(action, m.Create):
                 namespace = _copy_namespace(action.obj)
                 if namespace in refused:
-                    skip_event = True  # never a snapshot bound to a content not ours
-                    continue
-                skip_event = not await self._create(action.obj, cache.name)
+                    continue  # never a snapshot bound to a content not ours
+                done = await self._create(action.obj, cache.name)
                 if namespace and namespace in self._copy_problems.get(cache.name, {}):
                     refused.add(namespace)
             elif isinstance(action, m.Delete):
@@ -361,6 +355,9 @@ class Controller:
                 except ApiError as exc:
                     if exc.status not in (404, 409):
                         raise
+            event = m.event_of(action)
+            if done and event is not None:
+                await self.emit(obj, event)
 
     async def _create(self, obj: Obj, cache: str) -> bool:
         """Create; False if it already existed (or, for a copy, could not be made: the
@@ -468,7 +465,7 @@ class Controller:
                 return
             raise
         self.caches.remember(updated)
-        if patch.get("phase") == planner.READY and "readyTime" in patch:
+        if patch.get("phase") == rs.READY and "readyTime" in patch:
             bid = patch.get("buildId") or cache.status.get("buildId")
             for job in observed.jobs:
                 if job.bid == bid and job.component == rn.BUILDER and job.start:
@@ -502,7 +499,7 @@ class Controller:
 
     async def emit(self, obj: Obj, action: m.Emit) -> None:
         meta = obj.get("metadata") or {}
-        stamp = planner.rfc3339(self.clock())
+        stamp = rs.rfc3339(self.clock())
         name = str(meta.get("name", ""))
         event = {
             "apiVersion": "v1",
@@ -540,7 +537,7 @@ class Controller:
             event = rp.pod_event(pod.annotations)
             if event is None:
                 continue
-            manifest = rp.event_manifest(pod, event, planner.rfc3339(self.clock()))
+            manifest = rp.event_manifest(pod, event, rs.rfc3339(self.clock()))
             try:
                 await self.kube.create(manifest)
                 self.metrics.pod_events.labels(reason=event.reason).inc()
@@ -563,7 +560,7 @@ class Controller:
                 current[name] = parse_time((obj.get("status") or {}).get("lastMatchedTime"))
         writes = 0
         for name, seen in rp.last_matched_updates(pending, current).items():
-            patch = {"status": {"lastMatchedTime": planner.rfc3339(seen)}}
+            patch = {"status": {"lastMatchedTime": rs.rfc3339(seen)}}
             try:
                 updated = await self.kube.patch(
                     k.IMAGECACHE, None, name, patch, subresource="status"

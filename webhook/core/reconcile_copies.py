@@ -11,13 +11,14 @@ ready, and the old one goes once no claim clones from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from webhook.core import manifests_snapshot as ms
 from webhook.core import reconcile_names as rn
 from webhook.core.cache_namespaces import usable_namespaces
+from webhook.core.reconcile_in_use import POLL_SECONDS, cloning, few
 from webhook.core.reconcile_model import (
     Action,
     Create,
@@ -27,8 +28,9 @@ from webhook.core.reconcile_model import (
     Observed,
     Settings,
     SnapshotState,
-    claim_name,
 )
+from webhook.core.reconcile_pass import Pass
+from webhook.core.reconcile_spec import build_inputs
 
 COPIED, COPY_READY, COPY_PROBLEM, COPY_KEPT = (
     "SnapshotCopied",
@@ -37,7 +39,6 @@ COPIED, COPY_READY, COPY_PROBLEM, COPY_KEPT = (
     "SnapshotInUse",
 )
 RETRY_SECONDS = 30.0  # a copy that could not be made is tried again (namespace, RBAC fixed)
-POLL_SECONDS = 10.0  # a pod's claim not made yet: its creation is announced, its delay not
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,40 +57,6 @@ class CopyPlan:
     actions: tuple[Action, ...]
     namespaces: tuple[Obj, ...]  # status.namespaces
     requeue: float | None
-
-
-def cloning(obs: Observed, namespace: str, snapshot: str, now: datetime, grace: float) -> list[str]:
-    """Who still clones `snapshot` in `namespace`: claims naming it as dataSource that are not
-    Bound yet, and pods admitted with it whose claim is not made yet (for `grace` seconds
-    after the pod's creation: the ephemeral volume controller makes it right away)."""
-    users = [
-        f"claim {c.namespace}/{c.name}"
-        for c in obs.claims
-        if c.namespace == namespace and c.snapshot == snapshot and not c.bound and not c.deleting
-    ]
-    made = {(c.namespace, c.name) for c in obs.claims}
-    window = timedelta(seconds=grace)
-    for pod in obs.pods:
-        if (
-            pod.namespace == namespace
-            and pod.clones == snapshot
-            and pod.phase in ("", "Pending")
-            and (namespace, claim_name(pod.name)) not in made
-            and pod.created is not None
-            and now - pod.created < window
-        ):
-            users.append(f"pod {namespace}/{pod.name} (its claim is not made yet)")
-    return users
-
-
-def in_use(
-    obs: Observed, snapshots: Iterable[SnapshotState], now: datetime, grace: float
-) -> list[str]:
-    """Everyone still cloning one of `snapshots`."""
-    users: list[str] = []
-    for snap in snapshots:
-        users += cloning(obs, snap.namespace, snap.name, now, grace)
-    return users
 
 
 def wanted_namespaces(obs: Observed, settings: Settings) -> set[str]:
@@ -118,6 +85,30 @@ def _published(
     if old.get("readyToUse") is True and isinstance(before, str) and before in ready:
         return before
     return None
+
+
+def publish_copies(step: Pass) -> None:
+    """Copies of the served snapshot where the cache is used; status.namespaces."""
+    status = step.status
+    name, handle, driver = (
+        status.get("snapshotName"),
+        status.get("snapshotHandle"),
+        status.get("snapshotDriver"),
+    )
+    snap = next((s for s in step.primaries() if s.name == name and s.ready), None)
+    if snap is None or not handle or not driver or snap.deleting:
+        status.pop("namespaces", None)
+        return
+    klass = status.get("snapshotClassName") or build_inputs(step.obs, step.settings).snapshot_class
+    served = Served(snap.bid, snap.name, str(handle), str(driver), klass)
+    copies = plan_copies(step.obs, step.settings, served, step.now)
+    step.actions += copies.actions
+    if copies.requeue is not None:
+        step.wait(copies.requeue)
+    if copies.namespaces:
+        status["namespaces"] = list(copies.namespaces)
+    else:
+        status.pop("namespaces", None)
 
 
 def plan_copies(obs: Observed, settings: Settings, served: Served, now: datetime) -> CopyPlan:
@@ -151,12 +142,11 @@ def plan_copies(obs: Observed, settings: Settings, served: Served, now: datetime
                         )
                     )
                 )  # fmt: skip
-            actions.append(
-                Create(ms.copy_snapshot(cache, namespace, served.bid, served.snapshot_class))
+            copying = Emit(
+                "Normal", COPIED, f"copying snapshot {served.name} to {namespace}/{name}"
             )
-            actions.append(
-                Emit("Normal", COPIED, f"copying snapshot {served.name} to {namespace}/{name}")
-            )
+            snapshot = ms.copy_snapshot(cache, namespace, served.bid, served.snapshot_class)
+            actions.append(Create(snapshot, copying))
         ready = {c.name: c for c in mine if c.ready and not c.deleting}
         old = old_entries.get(namespace, {})
         published = _published(name, ready, old)
@@ -193,11 +183,6 @@ def plan_copies(obs: Observed, settings: Settings, served: Served, now: datetime
         if held.component == rn.COPY and not held.deleting and held.name not in needed:
             actions.append(Delete(ms.SNAPSHOT_API, "VolumeSnapshotContent", None, held.name))
     return CopyPlan(tuple(actions), tuple(entries), requeue)
-
-
-def few(users: list[str], shown: int = 3) -> str:
-    more = len(users) - shown
-    return ", ".join(users[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _entry_events(

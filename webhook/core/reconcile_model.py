@@ -166,12 +166,25 @@ class Observed:
 
 
 # Actions. The shell carries them out in order and stops at the first failure (the queue
-# retries with backoff); every one of them is safe to repeat.
+# retries with backoff); every one of them is safe to repeat. An action that deserves an
+# Event carries it: the shell writes it once the action is done (for a Create, only when it
+# made the object), so no Event ever depends on where it sits in the plan.
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """An Event on the cache. As an action of its own it tells the cache's state (a failure,
+    a deferral); as another action's `event` it tells what that action did."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
     obj: Obj
+    event: Emit | None = None  # written only if this Create made the object
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +193,7 @@ class Delete:
     kind: str
     namespace: str | None
     name: str
+    event: Emit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,19 +217,12 @@ class AddFinalizer:
 
 @dataclass(frozen=True, slots=True)
 class RemoveFinalizer:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
+    event: Emit | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteCache:
-    pass
+    event: Emit | None = None
 
 
 Action = (
@@ -234,6 +241,15 @@ Action = (
 class Plan:
     actions: tuple[Action, ...]
     requeue_after: float | None = None  # seconds; None: wait for a watch event
+
+
+def event_of(action: Action) -> Emit | None:
+    """The Event an action writes: its own if it is one, else the one it carries."""
+    if isinstance(action, Emit):
+        return action
+    if isinstance(action, Create | Delete | RemoveFinalizer | DeleteCache):
+        return action.event
+    return None
 
 
 # Readers: API objects (dicts as the API returns them) -> the states above.
