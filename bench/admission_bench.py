@@ -206,7 +206,7 @@ def serve_shell(workdir: Path, port: int, cpu: int | None, log_level: str = "inf
     json.loads): what the shell itself costs over the bare handler. Bench-only patch."""
     import webhook.server.app as app_module
     from webhook.core.caches import CacheIndex
-    from webhook.core.review import ReviewResult, review
+    from webhook.server.core.review import ReviewResult, review
 
     body = (workdir / "body.json").read_bytes()
     index = CacheIndex.from_objects(cache_objects(10))
@@ -436,8 +436,8 @@ def _per_call(fn: Callable[[], object]) -> float:
 def bench_matching(sizes: list[int], cpu: int | None) -> list[dict[str, Any]]:
     _pin(cpu)
     from webhook.core.caches import CacheIndex
-    from webhook.core.matching import decide, read_request
-    from webhook.core.review import review
+    from webhook.server.core.matching import decide, read_request
+    from webhook.server.core.review import review
 
     body = review_body()
     now = datetime(2026, 11, 27, tzinfo=UTC)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 from envtest import control_plane, free_port  # noqa: E402
 
 from webhook.controller.controller import Controller  # noqa: E402
-from webhook.core import reconcile_names as rn  # noqa: E402
+from webhook.controller.core import reconcile_names as rn  # noqa: E402
+from webhook.controller.core.reconcile_model import Settings  # noqa: E402
 from webhook.core.build_result import encode_build_result  # noqa: E402
-from webhook.core.reconcile_model import Settings  # noqa: E402
 from webhook.kube import client as k  # noqa: E402
 from webhook.kube.client import ApiError, Kube, load_configuration  # noqa: E402
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from envtest import ControlPlane, die_with_parent, free_port
 
-from webhook.core import reconcile_names as rn
+from webhook.controller.core import reconcile_names as rn
 from webhook.core.build_result import encode_build_error, encode_build_result
 from webhook.kube import client as k
 from webhook.kube.client import ApiError, Kube

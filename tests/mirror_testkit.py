@@ -133,7 +133,7 @@ async def mirror_in_process(
 
     from aiohttp import web
 
-    from webhook.core.mirror_disks import KUBELET_CSI_GLOB
+    from webhook.mirror.core.mirror_disks import KUBELET_CSI_GLOB
     from webhook.mirror.disks import DiskWatcher
     from webhook.mirror.metrics import MirrorMetrics
     from webhook.mirror.server import MirrorServer

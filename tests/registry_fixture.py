@@ -48,7 +48,7 @@ from cryptography.x509.oid import NameOID
 from envtest import REPO_ROOT
 from multidict import CIMultiDict
 
-from webhook.core.registry_auth import parse_www_authenticate
+from webhook.builder.core.registry_auth import parse_www_authenticate
 
 if TYPE_CHECKING:
     import pytest

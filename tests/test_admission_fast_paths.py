@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.cachefactory import cache
 from webhook.core.caches import CacheIndex, no_ready_copy
 from webhook.core.imageref import parse
-from webhook.core.matching import REJECTED_LOGGED, Rejected, decide, read_request
+from webhook.server.core.matching import REJECTED_LOGGED, Rejected, decide, read_request
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}

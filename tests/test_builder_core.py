@@ -11,8 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from webhook.builder.core.build_plan import FetchedManifest, ResolvedImage, plan_build
+from webhook.builder.core.registry_auth import (
+    Credential,
+    InvalidDockerConfig,
+    credentials_for,
+    parse_docker_config,
+    parse_token_response,
+    parse_www_authenticate,
+)
+from webhook.builder.core.registry_endpoint import (
+    api_host,
+    is_insecure,
+    manifest_path,
+    registry_error_codes,
+    registry_error_summary,
+)
+from webhook.builder.core.registry_retry import backoff_delay, parse_retry_after
 from webhook.core.build_errors import EXIT_CODES, Reason, format_bytes
-from webhook.core.build_plan import FetchedManifest, ResolvedImage, plan_build
 from webhook.core.build_result import (
     LIMIT,
     BuildError,
@@ -31,21 +47,6 @@ from webhook.core.ocilayout import (
     index_file_body,
     split_digest,
 )
-from webhook.core.registry_auth import (
-    Credential,
-    InvalidDockerConfig,
-    credentials_for,
-    parse_docker_config,
-    parse_token_response,
-    parse_www_authenticate,
-)
-from webhook.core.registry_endpoint import (
-    api_host,
-    is_insecure,
-    manifest_path,
-    registry_error_codes,
-    registry_error_summary,
-)
 from webhook.core.registry_manifest import (
     MEDIA_DOCKER_LIST,
     MEDIA_DOCKER_MANIFEST,
@@ -58,7 +59,6 @@ from webhook.core.registry_manifest import (
     parse_manifest,
     select_platforms,
 )
-from webhook.core.registry_retry import backoff_delay, parse_retry_after
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -253,8 +253,8 @@ def test_the_writer_never_follows_a_symlink(tmp_path: Path) -> None:
     import io
     import tarfile
 
+    from webhook.builder.core.layer_tar import Action, Do, Kind
     from webhook.builder.unpack import _Writer
-    from webhook.core.layer_tar import Action, Do, Kind
 
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from webhook.core.cert_plan import CertFacts, CertInfo, CertPolicy, plan
+from webhook.controller.core.cert_plan import CertFacts, CertInfo, CertPolicy, plan
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

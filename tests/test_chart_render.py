@@ -651,7 +651,7 @@ def test_controller_rbac_covers_every_resource_the_controller_code_touches() -> 
             for c in re.findall(r"\b(LEASE|SECRET|POD|JOB)\b", text)
             if c in by_const
         }
-    for path in (REPO_ROOT / "webhook" / "core").glob("*.py"):
+    for path in (REPO_ROOT / "webhook" / "controller" / "core").glob("*.py"):
         if path.name.startswith(("manifests_", "reconcile_")):
             for kind in re.findall(r'"kind": "(\w+)"', path.read_text()):
                 if kind in by_kind:

@@ -17,7 +17,7 @@ from controller_harness import (
     unique,
 )
 
-from webhook.core import reconcile_names as rn
+from webhook.controller.core import reconcile_names as rn
 from webhook.kube import client as k
 
 pytestmark = pytest.mark.envtest

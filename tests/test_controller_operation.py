@@ -10,7 +10,7 @@ import pytest
 from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
 from envtest import ControlPlane
 
-from webhook.core import reconcile_names as rn
+from webhook.controller.core import reconcile_names as rn
 from webhook.core.build_result import encode_build_result
 from webhook.kube import client as k
 

@@ -12,7 +12,7 @@ import yaml
 
 from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
-from webhook.core.explain import explain, pod_from_manifest
+from webhook.server.core.explain import explain, pod_from_manifest
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

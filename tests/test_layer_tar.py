@@ -1,4 +1,4 @@
-"""The pure rules for layer tars (webhook.core.layer_tar) and layer identities
+"""The pure rules for layer tars (webhook.builder.core.layer_tar) and layer identities
 (webhook.core.layer_chain): table tests of hostile and ordinary archives."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from webhook.builder.core.layer_tar import Action, Do, Kind, LayerCheck, LayerRefused, Member
 from webhook.core.layer_chain import (
     InvalidConfig,
     chain_ids,
@@ -15,7 +16,6 @@ from webhook.core.layer_chain import (
     estimated_unpacked,
     layer_dir_name,
 )
-from webhook.core.layer_tar import Action, Do, Kind, LayerCheck, LayerRefused, Member
 from webhook.core.registry_manifest import Descriptor
 
 F, D, S, H = Kind.FILE, Kind.DIR, Kind.SYMLINK, Kind.HARDLINK
@@ -139,8 +139,8 @@ def test_unpacked_estimate() -> None:
 def test_builder_job_unpacks_layers_with_exact_capabilities() -> None:
     """builder_layers (chart: snapshotter.enabled): the build Job runs as root with the
     unpacking capabilities, never privileged; the sizing Job stays unprivileged."""
-    from webhook.core import manifests_build as mb
-    from webhook.core.reconcile_model import Cache, Settings
+    from webhook.controller.core import manifests_build as mb
+    from webhook.controller.core.reconcile_model import Cache, Settings
 
     cache = Cache("web", "uid", 1, False, (), {}, {"images": ["nginx"]}, {})
     inputs = mb.BuildInputs("b1", ("nginx",), ("linux/amd64",), (), (), None, None, 5, False)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.cachefactory import DIGEST_A, DIGEST_B, cache
 from webhook.core.caches import CacheIndex
-from webhook.core.matching import decide, read_request
+from webhook.server.core.matching import decide, read_request
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}

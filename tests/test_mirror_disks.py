@@ -11,7 +11,7 @@ from mirror_testkit import Layout, kubelet_mount, make_disk
 from registry_fixture import image, layer_of
 
 from webhook.core.cachedisk import CacheManifest
-from webhook.core.mirror_disks import KUBELET_CSI_GLOB, RefreshPlan, disk_order, plan_refresh
+from webhook.mirror.core.mirror_disks import KUBELET_CSI_GLOB, RefreshPlan, disk_order, plan_refresh
 from webhook.mirror.disks import BROKEN, REFUSED, SERVED, DiskWatcher, open_blob
 
 PLANS = [

@@ -1,4 +1,4 @@
-"""hosts.toml for containerd: merging (webhook.core.mirror_hosts) and writing
+"""hosts.toml for containerd: merging (webhook.mirror.core.mirror_hosts) and writing
 (`imagecache mirror configure`). containerd reading what is written is checked in
 test_mirror_containerd.py."""
 
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook.core.mirror_hosts import (
+from webhook.mirror.command import main
+from webhook.mirror.core.mirror_hosts import (
     HostsConfigError,
     merge_hosts,
     mirror_url,
@@ -23,7 +24,6 @@ from webhook.core.mirror_hosts import (
     render_toml,
     upstream_server,
 )
-from webhook.mirror.command import main
 
 MIRROR = "http://127.0.0.1:5005"
 

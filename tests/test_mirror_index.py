@@ -1,4 +1,5 @@
-"""webhook.core.mirror_index: what an OCI layout holds, per repository, and the node's view."""
+"""webhook.mirror.core.mirror_index: what an OCI layout holds, per repository, and the
+node's view."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 from registry_fixture import sha256
 
-from webhook.core.mirror_index import (
+from webhook.mirror.core.mirror_index import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,

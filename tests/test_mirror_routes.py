@@ -1,4 +1,4 @@
-"""webhook.core.mirror_routes: paths, ?ns=, Range, Accept and tag pages, table by table."""
+"""webhook.mirror.core.mirror_routes: paths, ?ns=, Range, Accept and tag pages, table by table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook.core.mirror_routes import (
+from webhook.mirror.core.mirror_routes import (
     BASE,
     BLOB,
     MANIFEST,

@@ -15,8 +15,8 @@ from envtest import SHARED
 
 from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
-from webhook.core.explain import explain
-from webhook.core.review import review
+from webhook.server.core.explain import explain
+from webhook.server.core.review import review
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}

@@ -12,9 +12,9 @@ import pytest
 
 from tests.cachefactory import cache, fake_digest, pod
 from webhook.core.caches import CacheIndex
-from webhook.core.matching import Decision, decide, read_request
-from webhook.core.patch import build_patch, conflict, escape
-from webhook.core.pod_facts import read_pod
+from webhook.server.core.matching import Decision, decide, read_request
+from webhook.server.core.patch import build_patch, conflict, escape
+from webhook.server.core.pod_facts import read_pod
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 AUTO = {"imagecache.dev/use-image-cache": "auto"}

@@ -6,9 +6,9 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from webhook.core import reconcile_model as m
-from webhook.core import reconcile_pods as rp
-from webhook.core.pod_record import slim_pod
+from webhook.controller.core import reconcile_model as m
+from webhook.controller.core import reconcile_pods as rp
+from webhook.controller.core.pod_record import slim_pod
 
 POD: dict[str, Any] = {
     "apiVersion": "v1",

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from webhook.core import reconcile_cache as rc
-from webhook.core import reconcile_names as rn
-from webhook.core.build_result import encode_build_error, encode_build_result
-from webhook.core.reconcile_jobs import auto_size_gib
-from webhook.core.reconcile_model import (
+from webhook.controller.core import reconcile_cache as rc
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_jobs import auto_size_gib
+from webhook.controller.core.reconcile_model import (
     AddFinalizer,
     BuilderPod,
     Cache,
@@ -36,7 +35,8 @@ from webhook.core.reconcile_model import (
     builder_pod_state,
     event_of,
 )
-from webhook.core.reconcile_spec import build_inputs
+from webhook.controller.core.reconcile_spec import build_inputs
+from webhook.core.build_result import encode_build_error, encode_build_result
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(namespace="imc", builder_image="img", snapshot_class="snap")

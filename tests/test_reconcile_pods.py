@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from webhook.core import manifests_build as mb
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_pods as rp
-from webhook.core.reconcile_model import Cache, Settings, UserPod
+from webhook.controller.core import manifests_build as mb
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_pods as rp
+from webhook.controller.core.reconcile_model import Cache, Settings, UserPod
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 DECISION, CACHE, MISSING = (

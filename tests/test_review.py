@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.cachefactory import cache, pod
 from webhook.core.caches import CacheIndex
-from webhook.core.review import MAX_BODY_BYTES, review
+from webhook.server.core.review import MAX_BODY_BYTES, review
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 RECORDED = SHARED / "testdata" / "admission"

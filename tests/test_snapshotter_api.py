@@ -1,7 +1,7 @@
 """The snapshotter's API as containerd calls it (gRPC on its unix socket, the process itself):
 containerd's overlay snapshotter semantics and error codes, crash safety, real overlay
 mounts, the remote-layer rule, Usage 0 for disk layers, the fail-safe fallback, and what
-happens when a cache disk goes away (issue 11.2). Pure rules: webhook.core.snapshots."""
+happens when a cache disk goes away (issue 11.2). Pure rules: webhook.snapshotter.core.snapshots."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import pytest
 from snapshotter_testkit import SnapshotterProcess
 
 from webhook.core.cachedisk import CachedImage, CachedLayer, CacheManifest
-from webhook.core.snapshots import (
+from webhook.snapshotter.api import snapshots_pb2 as pb
+from webhook.snapshotter.api import snapshots_pb2_grpc as pb_grpc
+from webhook.snapshotter.core.snapshots import (
     Info,
     InvalidArgument,
     Kind,
@@ -35,8 +37,6 @@ from webhook.core.snapshots import (
     split_key,
     updated_labels,
 )
-from webhook.snapshotter.api import snapshots_pb2 as pb
-from webhook.snapshotter.api import snapshots_pb2_grpc as pb_grpc
 
 REF = "containerd.io/snapshot.ref"
 CHAIN = "sha256:" + "ab" * 32

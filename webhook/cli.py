@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from webhook.core.caches import CacheIndex, parse_cache_documents
-from webhook.core.explain import explain, pod_from_manifest
 from webhook.core.names import GROUP, NAMESPACE_AUTO_LABEL, PLURAL, VERSION
 from webhook.server.cluster import ClusterConfigError
+from webhook.server.core.explain import explain, pod_from_manifest
 
 # Each part keeps its own argument parser; the console script only dispatches.
 PARTS = {

@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook.builder.blobstore import BlobStore
+from webhook.builder.core.build_plan import ResolvedImage, plan_build
+from webhook.builder.core.registry_auth import Credential
 from webhook.builder.download import fetch_blob
 from webhook.builder.layers import drop_layers, unpack_images
 from webhook.builder.registry_client import RegistryClient, RetryPolicy
 from webhook.builder.resolve import resolve_image
 from webhook.core.build_errors import BuildFailure, Reason, format_bytes
-from webhook.core.build_plan import ResolvedImage, plan_build
 from webhook.core.cachedisk import CachedImage, CacheManifest
 from webhook.core.imageref import parse
 from webhook.core.layer_chain import estimated_unpacked
 from webhook.core.ocilayout import IndexEntry, index_file_body
-from webhook.core.registry_auth import Credential
 from webhook.core.registry_manifest import Descriptor, Platform, config_platform
 
 log = logging.getLogger("imagecache.builder")

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from webhook.builder.build import BuildOptions, build
+from webhook.builder.core.registry_auth import Credential, InvalidDockerConfig, parse_docker_config
 from webhook.builder.registry_client import RetryPolicy
 from webhook.core.build_errors import EXIT_CODES, BuildFailure, Reason
 from webhook.core.build_result import encode_build_error, encode_build_result
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.registry_auth import Credential, InvalidDockerConfig, parse_docker_config
 from webhook.core.registry_manifest import Platform
 
 log = logging.getLogger("imagecache.builder")

@@ -8,9 +8,9 @@ import logging
 import time
 
 from webhook.builder.blobstore import BlobSink, BlobStore
+from webhook.builder.core.registry_endpoint import blob_path, registry_error_summary
 from webhook.builder.registry_client import NETWORK_ERRORS, RegistryClient
 from webhook.core.build_errors import BuildFailure, Reason, format_bytes
-from webhook.core.registry_endpoint import blob_path, registry_error_summary
 from webhook.core.registry_manifest import Descriptor
 
 log = logging.getLogger("imagecache.builder")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from webhook.builder.blobstore import BlobStore, disk_full
+from webhook.builder.core.build_plan import ResolvedImage
+from webhook.builder.core.layer_tar import LayerRefused
 from webhook.builder.unpack import (
     LayerMismatch,
     Unpacked,
@@ -26,7 +28,6 @@ from webhook.builder.unpack import (
     unpack_layer,
 )
 from webhook.core.build_errors import BuildFailure, Reason, format_bytes
-from webhook.core.build_plan import ResolvedImage
 from webhook.core.cachedisk import CachedLayer
 from webhook.core.layer_chain import (
     LAYERS_DIR,
@@ -36,7 +37,6 @@ from webhook.core.layer_chain import (
     image_layers,
     layer_dir_name,
 )
-from webhook.core.layer_tar import LayerRefused
 from webhook.core.registry_manifest import config_platform, is_foreign
 
 log = logging.getLogger("imagecache.builder")

@@ -20,8 +20,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
-from webhook.core.build_errors import BuildFailure, Reason
-from webhook.core.registry_auth import (
+from webhook.builder.core.registry_auth import (
     Challenge,
     Credential,
     InvalidDockerConfig,
@@ -31,8 +30,9 @@ from webhook.core.registry_auth import (
     parse_www_authenticate,
     pull_scope,
 )
-from webhook.core.registry_endpoint import api_host, is_insecure, registry_error_summary
-from webhook.core.registry_retry import RETRYABLE_STATUS, backoff_delay, parse_retry_after
+from webhook.builder.core.registry_endpoint import api_host, is_insecure, registry_error_summary
+from webhook.builder.core.registry_retry import RETRYABLE_STATUS, backoff_delay, parse_retry_after
+from webhook.core.build_errors import BuildFailure, Reason
 
 log = logging.getLogger("imagecache.builder")
 

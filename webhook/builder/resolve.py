@@ -6,16 +6,16 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
-from webhook.builder.registry_client import RegistryClient
-from webhook.core.build_errors import BuildFailure, Reason, format_bytes
-from webhook.core.build_plan import FetchedManifest, ResolvedImage
-from webhook.core.imageref import InvalidReference, parse
-from webhook.core.ocilayout import split_digest
-from webhook.core.registry_endpoint import (
+from webhook.builder.core.build_plan import FetchedManifest, ResolvedImage
+from webhook.builder.core.registry_endpoint import (
     manifest_path,
     registry_error_codes,
     registry_error_summary,
 )
+from webhook.builder.registry_client import RegistryClient
+from webhook.core.build_errors import BuildFailure, Reason, format_bytes
+from webhook.core.imageref import InvalidReference, parse
+from webhook.core.ocilayout import split_digest
 from webhook.core.registry_manifest import (
     MANIFEST_ACCEPT,
     Descriptor,

@@ -1,7 +1,7 @@
 """Unpack one layer blob into `/layers/<chainID hex>/`, ready to be an overlayfs lower dir.
 
 The tar is read as a stream (gzip or plain), hashed as it is read, and checked member by
-member by webhook.core.layer_tar before anything is written. Every path is created through
+member by webhook.builder.core.layer_tar before anything is written. Every path is created through
 directory file descriptors opened with O_NOFOLLOW, so even a member the rules missed cannot
 make the builder write through a symlink. The layer is written into `layers/.partial/<hex>`
 and renamed into place only when the uncompressed tar's sha256 equals the config's diff ID
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
+from webhook.builder.core.layer_tar import Action, Do, Kind, LayerCheck, LayerRefused, Member
 from webhook.core.layer_chain import is_compressed, layer_dir_name
-from webhook.core.layer_tar import Action, Do, Kind, LayerCheck, LayerRefused, Member
 
 log = logging.getLogger("imagecache.builder")
 

@@ -1,6 +1,7 @@
 """The webhook's certificates without cert-manager: a CA and a serving certificate kept in a
 Secret, the CA(s) injected into the MutatingWebhookConfiguration's caBundle, and rotation with
-overlap (the plan and its reasons are in webhook.core.cert_plan; this is the I/O around it).
+overlap (the plan and its reasons are in webhook.controller.core.cert_plan; this is the I/O
+around it).
 
 Secret `<name>` (type kubernetes.io/tls): tls.crt, tls.key (what webhook pods mount), ca.crt,
 ca.key, and during a rotation ca-next.crt/ca-next.key or ca-previous.crt, with the times in
@@ -24,8 +25,8 @@ from cryptography.x509.oid import ExtensionOID
 
 from certs.issue import BACKDATE, Issued, make_ca, make_serving, new_key
 from certs.sans import parse_sans
+from webhook.controller.core.cert_plan import CertFacts, CertInfo, CertPlan, CertPolicy, plan
 from webhook.controller.ownership import lacks_owner, with_owner
-from webhook.core.cert_plan import CertFacts, CertInfo, CertPlan, CertPolicy, plan
 from webhook.core.names import GROUP
 from webhook.kube.client import SECRET, ApiError, Kube, Resource, sleep_or_stop
 

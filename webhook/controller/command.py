@@ -17,11 +17,11 @@ from aiohttp import web
 
 from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
+from webhook.controller.core.reconcile_model import Settings
 from webhook.controller.leader import LeaderElector, LeaseConfig
 from webhook.controller.metrics import Metrics, health_app
 from webhook.controller.ownership import read_owner
 from webhook.core.names import DECISION
-from webhook.core.reconcile_model import Settings
 from webhook.kube.client import Kube
 
 log = logging.getLogger("imagecache.controller")

@@ -1,6 +1,7 @@
 """The ImageCache controller's I/O shell: informers feed a work queue of cache names; each
-reconcile reads the informers' stores, asks the pure planner (webhook.core.reconcile_cache)
-what to do, and does it. Pod Events and lastMatchedTime come from a watch of labelled pods.
+reconcile reads the informers' stores, asks the pure planner
+(webhook.controller.core.reconcile_cache) what to do, and does it. Pod Events and
+lastMatchedTime come from a watch of labelled pods.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ from typing import Any
 
 import aiohttp
 
+from webhook.controller.core import manifests_snapshot as ms
+from webhook.controller.core import reconcile_cache as planner
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_model as m
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_pods as rp
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.manifests_build import DOCKERCONFIG_KEY, secret_key
+from webhook.controller.core.pod_record import slim_pod
 from webhook.controller.metrics import Metrics
 from webhook.controller.workqueue import WorkQueue
-from webhook.core import manifests_snapshot as ms
 from webhook.core import names
-from webhook.core import reconcile_cache as planner
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_model as m
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_pods as rp
-from webhook.core import reconcile_status as rs
 from webhook.core.caches import parse_time
-from webhook.core.manifests_build import DOCKERCONFIG_KEY, secret_key
-from webhook.core.pod_record import slim_pod
 from webhook.kube import client as k
 from webhook.kube.client import ApiError, Kube, Obj
 from webhook.kube.informer import Informer

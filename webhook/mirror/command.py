@@ -16,10 +16,10 @@ import sys
 from aiohttp import web
 
 from webhook.core.imageref import DOCKER_HUB, InvalidReference
-from webhook.core.mirror_disks import KUBELET_CSI_GLOB
-from webhook.core.mirror_hosts import HostsConfigError, parse_hostport
-from webhook.core.mirror_routes import normalize_registry
 from webhook.mirror.configure import configure
+from webhook.mirror.core.mirror_disks import KUBELET_CSI_GLOB
+from webhook.mirror.core.mirror_hosts import HostsConfigError, parse_hostport
+from webhook.mirror.core.mirror_routes import normalize_registry
 from webhook.mirror.disks import DiskWatcher
 from webhook.mirror.metrics import MirrorMetrics
 from webhook.mirror.poller import DiskPoller

@@ -1,6 +1,6 @@
 """`imagecache mirror configure`: write containerd's hosts.toml for each registry.
 
-The text comes from webhook.core.mirror_hosts.merge_hosts; this module reads the existing
+The text comes from webhook.mirror.core.mirror_hosts.merge_hosts; this module reads the existing
 file, and writes the new one atomically (temporary file in the same directory, fsync, rename)
 so that containerd, which reads the file on every pull, never sees half of it.
 """
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from webhook.core.mirror_hosts import HOSTS_FILE, merge_hosts, mirror_url, registry_dir
+from webhook.mirror.core.mirror_hosts import HOSTS_FILE, merge_hosts, mirror_url, registry_dir
 
 
 @dataclass(frozen=True, slots=True)

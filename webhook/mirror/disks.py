@@ -3,7 +3,7 @@
 `DiskWatcher.refresh()` is called once a second (in a thread: it stats and reads files). It
 lists candidate directories (the kubelet CSI glob under --root, and any directory up to
 --depth below --root that directly holds imagecache.json), stats them cheaply, and reloads
-only what changed (webhook.core.mirror_disks.plan_refresh). The resulting NodeIndex is
+only what changed (webhook.mirror.core.mirror_disks.plan_refresh). The resulting NodeIndex is
 swapped in whole, so a request sees one consistent view.
 """
 
@@ -23,8 +23,8 @@ from webhook.core.cachedisk import (
     InvalidCacheManifest,
     parse_manifest,
 )
-from webhook.core.mirror_disks import Stamp, disk_order, plan_refresh
-from webhook.core.mirror_index import (
+from webhook.mirror.core.mirror_disks import Stamp, disk_order, plan_refresh
+from webhook.mirror.core.mirror_index import (
     MAX_MANIFEST_BYTES,
     DiskIndex,
     InvalidLayout,

@@ -1,7 +1,7 @@
 """The node mirror's HTTP side: a read-only OCI distribution API on aiohttp.
 
 Every decision (route, registry from ?ns=, Range, Accept) is made by
-webhook.core.mirror_routes; lookups go to the NodeIndex the DiskWatcher keeps current.
+webhook.mirror.core.mirror_routes; lookups go to the NodeIndex the DiskWatcher keeps current.
 Manifests are answered from memory (indexed with their bytes), blobs with sendfile from the
 disk. Anything not held is a 404 with an OCI error body, so containerd tries the next host.
 """
@@ -18,8 +18,8 @@ from typing import BinaryIO
 
 from aiohttp import web
 
-from webhook.core.mirror_index import NodeIndex
-from webhook.core.mirror_routes import (
+from webhook.mirror.core.mirror_index import NodeIndex
+from webhook.mirror.core.mirror_routes import (
     BASE,
     BLOB,
     MANIFEST,

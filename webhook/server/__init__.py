@@ -1,1 +1,1 @@
-"""The admission webhook server: the aiohttp TLS shell around webhook.core.review."""
+"""The admission webhook server: the aiohttp TLS shell around webhook.server.core.review."""

@@ -1,4 +1,4 @@
-"""Routes and handlers: the thin HTTP shell around webhook.core.review.
+"""Routes and handlers: the thin HTTP shell around webhook.server.core.review.
 
 The admission handlers never answer 500: the core never raises, and a last-resort guard
 turns anything unexpected into a 400 JSON answer and an error log line. With the webhook's
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from webhook.core.caches import CacheIndex
-from webhook.core.review import MAX_BODY_BYTES, review
+from webhook.server.core.review import MAX_BODY_BYTES, review
 from webhook.server.logs import log
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 

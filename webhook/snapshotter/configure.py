@@ -1,8 +1,8 @@
 """`imagecache snapshotter configure`: point containerd's CRI plugin at the node snapshotter.
 
 Reads the main config and the files it imports (tomllib), plans with
-webhook.core.containerd_config where each change goes, and edits with tomlkit, which keeps
-every other key, comment and the layout as they were. Files are replaced atomically and the
+webhook.snapshotter.core.containerd_config where each change goes, and edits with tomlkit, which
+keeps every other key, comment and the layout as they were. Files are replaced atomically and the
 first edit of each keeps a copy (`<file>.before-imagecache`) for rolling back. Running it
 again changes nothing and says so.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import tomlkit
 
-from webhook.core.containerd_config import (
+from webhook.snapshotter.core.containerd_config import (
     PLUGIN_NAME,
     ConfigError,
     ConfigFile,

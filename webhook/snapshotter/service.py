@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from webhook.core.snapshots import Info, Mount, SnapshotError
 from webhook.snapshotter.api import snapshots_pb2 as pb
 from webhook.snapshotter.api import snapshots_pb2_grpc as pb_grpc
+from webhook.snapshotter.core.snapshots import Info, Mount, SnapshotError
 from webhook.snapshotter.snapshotter import Snapshotter
 
 log = logging.getLogger("imagecache.snapshotter")

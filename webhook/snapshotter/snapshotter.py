@@ -20,7 +20,8 @@ from pathlib import Path
 
 from webhook.core.layer_chain import layer_dir_name
 from webhook.core.ocilayout import InvalidDigest
-from webhook.core.snapshots import (
+from webhook.snapshotter.containerd import ContainerdClient
+from webhook.snapshotter.core.snapshots import (
     CRI_IMAGE_REF_LABEL,
     NAMESPACE_LABEL,
     SOURCE_LABEL,
@@ -39,7 +40,6 @@ from webhook.core.snapshots import (
     split_key,
     updated_labels,
 )
-from webhook.snapshotter.containerd import ContainerdClient
 from webhook.snapshotter.disks import DiskLayers
 from webhook.snapshotter.metrics import SnapshotterMetrics
 from webhook.snapshotter.store import Store
@@ -113,7 +113,8 @@ class Snapshotter:
 
     def layer_path(self, info: Info, pod_uid: str | None = None) -> str:
         """Where a committed snapshot's content is: its own directory, or for a disk-backed
-        layer what webhook.core.snapshots.choose_layer decides for the container's pod."""
+        layer what webhook.snapshotter.core.snapshots.choose_layer decides for the container's
+        pod."""
         if not info.source:
             return str(self._dir(info) / "fs")
         copy = self.local_copy(info.source)

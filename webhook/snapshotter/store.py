@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from webhook.core.snapshots import (
+from webhook.snapshotter.core.snapshots import (
     AlreadyExists,
     FailedPrecondition,
     Info,

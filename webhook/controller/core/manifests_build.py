@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_model import Cache, Obj, Settings
 from webhook.core import names
-from webhook.core import reconcile_names as rn
-from webhook.core.reconcile_model import Cache, Obj, Settings
 
 CACHE_MOUNT = "/cache"
 SECRETS_MOUNT = "/var/run/imagecache/pull-secrets"

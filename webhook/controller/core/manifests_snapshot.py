@@ -4,10 +4,10 @@ pre-provisioned VolumeSnapshotContent + VolumeSnapshot pair that copies it into 
 
 from __future__ import annotations
 
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.manifests_build import owner_reference
+from webhook.controller.core.reconcile_model import Cache, Obj
 from webhook.core import names
-from webhook.core import reconcile_names as rn
-from webhook.core.manifests_build import owner_reference
-from webhook.core.reconcile_model import Cache, Obj
 
 SNAPSHOT_API = f"{names.SNAPSHOT_GROUP}/v1"
 

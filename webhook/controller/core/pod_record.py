@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from webhook.controller.core.reconcile_model import cloned_snapshot
 from webhook.core.names import GROUP, VOLUME_NAME
-from webhook.core.reconcile_model import cloned_snapshot
 
 PREFIX = f"{GROUP}/"
 METADATA_KEPT = ("name", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp")

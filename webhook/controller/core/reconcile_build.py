@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import math
 
-from webhook.core import manifests_build as mb
-from webhook.core import manifests_snapshot as ms
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_status as rs
+from webhook.controller.core import manifests_build as mb
+from webhook.controller.core import manifests_snapshot as ms
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.reconcile_cleanup import WAIT_SECONDS, clean_stale
+from webhook.controller.core.reconcile_expiry import expire_time
+from webhook.controller.core.reconcile_jobs import blocked, ensure_secret, job_outcome, plan_sizing
+from webhook.controller.core.reconcile_model import (
+    BuilderPod,
+    Create,
+    Emit,
+    JobState,
+    Obj,
+    SnapshotState,
+)
+from webhook.controller.core.reconcile_pass import Pass
+from webhook.controller.core.reconcile_spec import snapshot_class
+from webhook.controller.core.reconcile_status import Problem
 from webhook.core.build_result import BuildResult, InvalidBuildResult, decode_build_result
 from webhook.core.quantity import GIB, InvalidQuantity, parse_bytes
-from webhook.core.reconcile_cleanup import WAIT_SECONDS, clean_stale
-from webhook.core.reconcile_expiry import expire_time
-from webhook.core.reconcile_jobs import blocked, ensure_secret, job_outcome, plan_sizing
-from webhook.core.reconcile_model import BuilderPod, Create, Emit, JobState, Obj, SnapshotState
-from webhook.core.reconcile_pass import Pass
-from webhook.core.reconcile_spec import snapshot_class
-from webhook.core.reconcile_status import Problem
 
 
 def plan_build(step: Pass, served: SnapshotState | None, inputs: mb.BuildInputs) -> None:

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_names as rn
-from webhook.core.reconcile_build import plan_build
-from webhook.core.reconcile_cleanup import clean_stale, plan_deletion
-from webhook.core.reconcile_copies import publish_copies
-from webhook.core.reconcile_expiry import plan_ready
-from webhook.core.reconcile_model import AddFinalizer, DeleteCache, Observed, Plan, Settings
-from webhook.core.reconcile_pass import Pass
-from webhook.core.reconcile_spec import build_inputs, spec_problem
-from webhook.core.reconcile_status import Problem
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_build import plan_build
+from webhook.controller.core.reconcile_cleanup import clean_stale, plan_deletion
+from webhook.controller.core.reconcile_copies import publish_copies
+from webhook.controller.core.reconcile_expiry import plan_ready
+from webhook.controller.core.reconcile_model import (
+    AddFinalizer,
+    DeleteCache,
+    Observed,
+    Plan,
+    Settings,
+)
+from webhook.controller.core.reconcile_pass import Pass
+from webhook.controller.core.reconcile_spec import build_inputs, spec_problem
+from webhook.controller.core.reconcile_status import Problem
 
 
 def plan(obs: Observed, settings: Settings, now: datetime) -> Plan:

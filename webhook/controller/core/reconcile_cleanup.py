@@ -3,12 +3,12 @@ when the cache is deleted, everything it made. Never a snapshot a claim still cl
 
 from __future__ import annotations
 
-from webhook.core import manifests_snapshot as ms
-from webhook.core import reconcile_in_use as ru
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_status as rs
-from webhook.core.reconcile_model import Emit, Plan, RemoveFinalizer, SnapshotState
-from webhook.core.reconcile_pass import Pass
+from webhook.controller.core import manifests_snapshot as ms
+from webhook.controller.core import reconcile_in_use as ru
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.reconcile_model import Emit, Plan, RemoveFinalizer, SnapshotState
+from webhook.controller.core.reconcile_pass import Pass
 
 WAIT_SECONDS = 10.0  # requeue while waiting on something no watch event announces
 

@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from webhook.core import manifests_snapshot as ms
-from webhook.core import reconcile_names as rn
-from webhook.core.cache_namespaces import usable_namespaces
-from webhook.core.reconcile_in_use import POLL_SECONDS, cloning, few
-from webhook.core.reconcile_model import (
+from webhook.controller.core import manifests_snapshot as ms
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_in_use import POLL_SECONDS, cloning, few
+from webhook.controller.core.reconcile_model import (
     Action,
     Create,
     Delete,
@@ -29,8 +28,9 @@ from webhook.core.reconcile_model import (
     Settings,
     SnapshotState,
 )
-from webhook.core.reconcile_pass import Pass
-from webhook.core.reconcile_spec import build_inputs
+from webhook.controller.core.reconcile_pass import Pass
+from webhook.controller.core.reconcile_spec import build_inputs
+from webhook.core.cache_namespaces import usable_namespaces
 
 COPIED, COPY_READY, COPY_PROBLEM, COPY_KEPT = (
     "SnapshotCopied",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from webhook.core import manifests_build as mb
-from webhook.core import reconcile_in_use as ru
-from webhook.core import reconcile_status as rs
+from webhook.controller.core import manifests_build as mb
+from webhook.controller.core import reconcile_in_use as ru
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.reconcile_cleanup import clean_stale
+from webhook.controller.core.reconcile_model import DeleteCache, Emit, SnapshotState
+from webhook.controller.core.reconcile_pass import Pass
 from webhook.core.caches import parse_time
-from webhook.core.reconcile_cleanup import clean_stale
-from webhook.core.reconcile_model import DeleteCache, Emit, SnapshotState
-from webhook.core.reconcile_pass import Pass
 
 
 def expire_time(step: Pass, ready_time: str | None) -> str | None:

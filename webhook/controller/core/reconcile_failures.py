@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webhook.core import reconcile_names as rn
+from webhook.controller.core import reconcile_names as rn
 from webhook.core.build_errors import Reason
 
 RETRY_HINT = (

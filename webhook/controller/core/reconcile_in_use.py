@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from webhook.core.reconcile_model import Observed, SnapshotState, claim_name
+from webhook.controller.core.reconcile_model import Observed, SnapshotState, claim_name
 
 POLL_SECONDS = 10.0  # a pod's claim not made yet: its creation is announced, its delay not
 

@@ -7,18 +7,11 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from webhook.core import manifests_build as mb
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_status as rs
-from webhook.core.build_result import (
-    BuildError,
-    BuildResult,
-    InvalidBuildResult,
-    decode_build_result,
-)
-from webhook.core.quantity import GIB
-from webhook.core.reconcile_model import (
+from webhook.controller.core import manifests_build as mb
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.reconcile_model import (
     BuilderPod,
     CopyPullSecrets,
     Create,
@@ -27,8 +20,15 @@ from webhook.core.reconcile_model import (
     OwnedObject,
     SnapshotState,
 )
-from webhook.core.reconcile_pass import Pass
-from webhook.core.reconcile_status import Problem
+from webhook.controller.core.reconcile_pass import Pass
+from webhook.controller.core.reconcile_status import Problem
+from webhook.core.build_result import (
+    BuildError,
+    BuildResult,
+    InvalidBuildResult,
+    decode_build_result,
+)
+from webhook.core.quantity import GIB
 
 MAX_SIZE_GIB = 10000
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from webhook.controller.core import reconcile_names as rn
 from webhook.core import names
-from webhook.core import reconcile_names as rn
 from webhook.core.caches import parse_time
 
 Obj = dict[str, Any]

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_in_use as ru
-from webhook.core import reconcile_names as rn
-from webhook.core import reconcile_status as rs
-from webhook.core.reconcile_model import (
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_in_use as ru
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core import reconcile_status as rs
+from webhook.controller.core.reconcile_model import (
     Action,
     Delete,
     Emit,

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_model import Obj, UserPod
 from webhook.core import names
-from webhook.core import reconcile_names as rn
-from webhook.core.reconcile_model import Obj, UserPod
 
 HIT, MISMATCH, MISS, UNAVAILABLE = "hit", "mismatch", "miss", "unavailable"
 MATCHED = frozenset({HIT, MISMATCH})

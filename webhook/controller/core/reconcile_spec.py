@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.core import manifests_build as mb
-from webhook.core import reconcile_failures as rf
-from webhook.core import reconcile_names as rn
+from webhook.controller.core import manifests_build as mb
+from webhook.controller.core import reconcile_failures as rf
+from webhook.controller.core import reconcile_names as rn
+from webhook.controller.core.reconcile_model import Observed, Settings
+from webhook.controller.core.reconcile_status import Problem
 from webhook.core.cache_namespaces import refused_pull_secret
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.reconcile_model import Observed, Settings
-from webhook.core.reconcile_status import Problem
 
 
 def build_inputs(obs: Observed, settings: Settings) -> mb.BuildInputs:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from webhook.controller.core.reconcile_model import Obj
 from webhook.core.build_result import BuildResult
-from webhook.core.reconcile_model import Obj
 
 PENDING, CREATING, READY, FAILED, EXPIRED = "Pending", "Creating", "Ready", "Failed", "Expired"
 NORMAL, WARNING = "Normal", "Warning"

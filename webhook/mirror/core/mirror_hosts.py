@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from webhook.core.imageref import DOCKER_HUB, InvalidReference
-from webhook.core.mirror_routes import normalize_registry
+from webhook.mirror.core.mirror_routes import normalize_registry
 
 HOSTS_FILE = "hosts.toml"
 # containerd asks a host without "resolve" for content by digest only (manifests of

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.mirror_index import is_digest
+from webhook.mirror.core.mirror_index import is_digest
 
 BASE, MANIFEST, BLOB, TAGS = "base", "manifest", "blob", "tags"
 READ_METHODS = frozenset({"GET", "HEAD"})

@@ -1,6 +1,6 @@
 """The webhook's answer to one pod, without I/O: leave it alone, or decide and build the patch.
 
-The admission path (`webhook.core.review`) and `imagecache explain` both ask `admit`, so
+The admission path (`webhook.server.core.review`) and `imagecache explain` both ask `admit`, so
 what explain says is what the webhook does.
 """
 
@@ -12,9 +12,9 @@ from typing import Literal
 
 from webhook.core import names
 from webhook.core.caches import CacheIndex
-from webhook.core.matching import Decision, decide, read_request
-from webhook.core.patch import Op, conflict, patch_ops
-from webhook.core.pod_facts import PodFacts
+from webhook.server.core.matching import Decision, decide, read_request
+from webhook.server.core.patch import Op, conflict, patch_ops
+from webhook.server.core.pod_facts import PodFacts
 
 AdmitOutcome = Literal["patched", "unchanged", "denied", "ignored"]
 

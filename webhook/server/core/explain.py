@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from webhook.core.admission import admit
 from webhook.core.caches import CacheIndex, CacheView
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.matching import Request
 from webhook.core.names import PIN
-from webhook.core.patch import pins
-from webhook.core.pod_facts import PodFacts, pod_name, read_pod
+from webhook.server.core.admission import admit
+from webhook.server.core.matching import Request
+from webhook.server.core.patch import pins
+from webhook.server.core.pod_facts import PodFacts, pod_name, read_pod
 
 WORKLOAD_KINDS = (
     "Deployment",

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 from webhook.core import names
 from webhook.core.caches import CacheView
 from webhook.core.imageref import InvalidReference, parse
-from webhook.core.matching import Decision, Request
-from webhook.core.pod_facts import Container, PodFacts, read_pod
 from webhook.core.quantity import format_gib
+from webhook.server.core.matching import Decision, Request
+from webhook.server.core.pod_facts import Container, PodFacts, read_pod
 
 Op = dict[str, Any]
 LABEL_VALUE_MAX = 63

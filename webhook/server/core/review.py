@@ -3,7 +3,7 @@
 `review()` never raises. A body the apiserver would never send (not JSON, wrong kind,
 missing uid or object, over the size limit) gets status 400 and a JSON error naming the
 field; everything else gets 200 and an AdmissionReview answer in the request's version,
-with what `webhook.core.admission.admit` decides for the pod.
+with what `webhook.server.core.admission.admit` decides for the pod.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from webhook.core.admission import Admission, admit
 from webhook.core.caches import CacheIndex
-from webhook.core.matching import Decision
-from webhook.core.pod_facts import BadReview, pod_name, pod_namespace, read_pod
+from webhook.server.core.admission import Admission, admit
+from webhook.server.core.matching import Decision
+from webhook.server.core.pod_facts import BadReview, pod_name, pod_namespace, read_pod
 
 __all__ = ["MAX_BODY_BYTES", "BadReview", "ReviewResult", "review"]
 
