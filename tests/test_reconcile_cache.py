@@ -33,6 +33,7 @@ from webhook.controller.core.reconcile_model import (
     SnapshotState,
     UserPod,
     builder_pod_state,
+    event_first,
     event_of,
 )
 from webhook.controller.core.reconcile_spec import build_inputs
@@ -93,18 +94,21 @@ def primary(
 
 
 def kinds(plan: Plan) -> list[str]:
-    """The actions in order; an Event an action carries follows it as "Emit <reason>"."""
+    """The actions in the order the shell writes them; an Event an action carries is
+    "Emit <reason>" after it (before it for the actions the cache may not outlive)."""
     out = []
     for action in plan.actions:
-        if isinstance(action, Create):
-            out.append(f"Create {action.obj['kind']}")
-        elif isinstance(action, Delete):
-            out.append(f"Delete {action.kind}")
-        elif not isinstance(action, Emit):
-            out.append(type(action).__name__)
         event = event_of(action)
-        if event is not None:
-            out.append(f"Emit {event.reason}")
+        written = [f"Emit {event.reason}"] if event is not None else []
+        if isinstance(action, Create):
+            done = [f"Create {action.obj['kind']}"]
+        elif isinstance(action, Delete):
+            done = [f"Delete {action.kind}"]
+        elif isinstance(action, Emit):
+            done = []
+        else:
+            done = [type(action).__name__]
+        out += written + done if event_first(action) else done + written
     return out
 
 
@@ -309,7 +313,7 @@ def _expired(pods: tuple[UserPod, ...]) -> Plan:
 
 def test_expired_cache_is_deleted() -> None:
     plan = _expired(())
-    assert kinds(plan)[-3:] == ["DeleteCache", "Emit Expired", "PatchStatus"]
+    assert kinds(plan)[-3:] == ["Emit Expired", "DeleteCache", "PatchStatus"]
     assert status_of(plan)["phase"] == "Expired"
 
 
@@ -481,7 +485,7 @@ def test_deletion_cleans_up_then_releases_the_finalizer() -> None:
                            "Delete VolumeSnapshotContent"]  # fmt: skip
     assert plan.requeue_after is not None
     plan = rc.plan(observed(doomed), SETTINGS, NOW)
-    assert kinds(plan) == ["RemoveFinalizer", "Emit CleanedUp"]
+    assert kinds(plan) == ["Emit CleanedUp", "RemoveFinalizer"]
     cloning = observed(doomed, snapshots=(COPY_B,), claims=(claim(COPY_B.name),))
     deferred = rc.plan(cloning, SETTINGS, NOW)
     assert kinds(deferred) == ["Emit DeletionDeferred", "PatchStatus"]

@@ -328,6 +328,10 @@ class Controller:
         cache = observed.cache
         refused: set[str] = set()  # namespaces a copy could not be made in, this pass
         for action in plan.actions:
+            event = m.event_of(action)
+            if event is not None and m.event_first(action):
+                await self.emit(obj, event)
+                event = None
             done = True  # whether the action's own Event is to be written
             if isinstance(action, m.Create):
                 namespace = _copy_namespace(action.obj)
@@ -356,7 +360,6 @@ class Controller:
                 except ApiError as exc:
                     if exc.status not in (404, 409):
                         raise
-            event = m.event_of(action)
             if done and event is not None:
                 await self.emit(obj, event)
 

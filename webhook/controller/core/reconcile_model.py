@@ -168,7 +168,8 @@ class Observed:
 # Actions. The shell carries them out in order and stops at the first failure (the queue
 # retries with backoff); every one of them is safe to repeat. An action that deserves an
 # Event carries it: the shell writes it once the action is done (for a Create, only when it
-# made the object), so no Event ever depends on where it sits in the plan.
+# made the object), or just before an action the cache may not outlive (`event_first`), so
+# no Event ever depends on where it sits in the plan.
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,12 @@ def event_of(action: Action) -> Emit | None:
     if isinstance(action, Create | Delete | RemoveFinalizer | DeleteCache):
         return action.event
     return None
+
+
+def event_first(action: Action) -> bool:
+    """Whether the action's Event is written before it: the cache may be gone right after
+    these, and whoever saw it go must find the Event already written."""
+    return isinstance(action, RemoveFinalizer | DeleteCache)
 
 
 # Readers: API objects (dicts as the API returns them) -> the states above.
