@@ -29,6 +29,11 @@ PINNED_IMAGES = f"{GROUP}/pinned-images"  # JSON: container name -> the image it
 
 MIRROR_POD = "kubernetes.io/config.mirror"  # static pods' API copies: never mutated
 
+# On every object the controller makes (builds, snapshots, copies): how other parts tell
+# them from look-alikes.
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "imagecache-controller"
+
 VOLUME_NAME = "imagecache"
 MOUNT_PATH = "/var/lib/imagecache"
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"

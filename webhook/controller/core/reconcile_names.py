@@ -15,8 +15,7 @@ from typing import Any
 
 from webhook.core import names
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "imagecache-controller"
+MANAGED_BY, MANAGER = names.MANAGED_BY, names.MANAGER
 CACHE_LABEL = names.CACHE  # imagecache.dev/cache, on pods (webhook) and on what we own
 BUILD_OF_LABEL = f"{names.GROUP}/build-of"  # builder pods: not CACHE, that selects user pods
 BUILD_LABEL = f"{names.GROUP}/build"
