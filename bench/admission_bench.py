@@ -273,19 +273,12 @@ class Server:
         self._wait_ready(workdir)
 
     def _wait_ready(self, workdir: Path) -> None:
-        import urllib.request
+        from tests.https_probe import https_ok
 
-        context = ssl.create_default_context(cafile=str(workdir / "ca.crt"))
         deadline = time.monotonic() + 30
         while True:
-            try:
-                with urllib.request.urlopen(
-                    f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2
-                ) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if https_ok(f"https://127.0.0.1:{self.port}/readyz", workdir / "ca.crt"):
+                return
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise SystemExit(f"the {self.kind} server did not start")
             time.sleep(0.1)

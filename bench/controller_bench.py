@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from controller_harness import scrape_metrics  # noqa: E402
 from envtest import control_plane, free_port  # noqa: E402
 
 from webhook.controller.controller import Controller  # noqa: E402
@@ -278,15 +279,8 @@ def memory_of(pid: int) -> tuple[float, float]:
 
 
 async def _metric(port: int, name: str) -> float | None:
-    import aiohttp
-
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as response,
-        ):
-            text = await response.text()
-    except aiohttp.ClientError:
+    text = await scrape_metrics(port)
+    if text is None:
         return None
     values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
     return sum(values) if values else None

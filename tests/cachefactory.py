@@ -11,6 +11,11 @@ DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
 
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields that are not None."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def fake_digest(image: str) -> str:
     return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
 
@@ -35,20 +40,9 @@ def cache(
     """An ImageCache; `copies`: the namespaces with a ready copy of its snapshot (default:
     `default`, spec.namespaces and the pull secrets' namespaces), `copies_not_ready`: those
     with one being made."""
-    spec: dict[str, Any] = {"images": images}
-    if size is not None:
-        spec["imageCacheSize"] = size
-    if namespaces is not None:
-        spec["namespaces"] = namespaces
-    if secrets is not None:
-        spec["imagePullSecrets"] = secrets
-    if storage_class is not None:
-        spec["storageClassName"] = storage_class
-    status: dict[str, Any] = {"phase": phase}
-    if restore is not None:
-        status["restoreSize"] = restore
-    if expire is not None:
-        status["expireTime"] = expire
+    spec = _given(images=images, imageCacheSize=size, namespaces=namespaces,
+                  imagePullSecrets=secrets, storageClassName=storage_class)  # fmt: skip
+    status = _given(phase=phase, restoreSize=restore, expireTime=expire)
     if digests is not None:
         # As the controller writes it after a build: every spec image with its digest.
         status["images"] = [

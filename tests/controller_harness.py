@@ -47,6 +47,65 @@ async def eventually(
     raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
 
 
+def webhook_cert_args(full: str) -> tuple[str, ...]:
+    """The controller's certificate flags as the chart passes them for release name `full`."""
+    return (
+        "--webhook-configuration", full,
+        "--webhook-secret", f"{full}-webhook-tls",
+        "--webhook-service", f"{full}-webhook",
+    )  # fmt: skip
+
+
+def decided_pod(
+    namespace: str,
+    name: str,
+    decision: str,
+    cache: str | None,
+    missing: str = "",
+    labelled: bool | None = None,
+) -> dict[str, Any]:
+    """A pod as the webhook leaves it (labels and annotations), created directly. The cache
+    label goes on a hit or mismatch, or with `labelled` (a pod waiting for a copy)."""
+    annotations = {"imagecache.dev/decision": decision}
+    labels = {"imagecache.dev/decision": decision}
+    if cache:
+        annotations["imagecache.dev/cache"] = cache
+        if labelled if labelled is not None else decision in ("hit", "mismatch"):
+            labels["imagecache.dev/cache"] = cache
+    if missing:
+        annotations["imagecache.dev/missing-images"] = missing
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "app", "image": "nginx"}],
+        },
+    }
+
+
+async def scrape_metrics(port: int) -> str | None:
+    """The /metrics text of a controller listening on `port`; None while it does not
+    answer 200."""
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    return text if response.status == 200 else None
+
+
 class ControllerProcess:
     """`imagecache controller` in a subprocess (its own process group), log in a file."""
 
@@ -194,12 +253,7 @@ class Cluster:
         )
 
     async def get_cache(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.kube.get(k.IMAGECACHE, None, name)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self.kube.find(k.IMAGECACHE, None, name)
 
     async def phase(self, name: str, phase: str, within: float = 30) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
@@ -336,7 +390,7 @@ class Cluster:
     async def ready_copy(self, namespace: str, snapshot: str, restore_size: str = "20Gi") -> None:
         """Play the snapshot controller for a pre-provisioned copy: bind and mark ready."""
         copy = await eventually(
-            lambda: self._get(k.SNAPSHOT, namespace, snapshot), f"copy {namespace}/{snapshot}"
+            lambda: self.kube.find(k.SNAPSHOT, namespace, snapshot), f"copy {namespace}/{snapshot}"
         )
         content = copy["spec"]["source"]["volumeSnapshotContentName"]
         await self.kube.patch(
@@ -373,14 +427,6 @@ class Cluster:
         await self.kube.patch(
             k.PVC, namespace, name, {"status": {"phase": "Bound"}}, subresource="status"
         )
-
-    async def _get(self, res: k.Resource, namespace: str | None, name: str) -> Any:
-        try:
-            return await self.kube.get(res, namespace, name)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     async def delete_cache(self, name: str) -> None:
         with contextlib.suppress(ApiError):

@@ -220,9 +220,13 @@ def containerd_unavailable() -> str | None:
 
 class Containerd:
     """containerd with its own root, state, sockets and registry config_path (hosts.toml),
-    the CRI plugin on, the native snapshotter (no overlay or devmapper needed)."""
+    the CRI plugin on, the native snapshotter (no overlay or devmapper needed). `proxy`
+    (top-level tables), `cri` (keys of the CRI plugin) and `cri_containerd` (keys of its
+    containerd table) add to that configuration."""
 
-    def __init__(self, workdir: Path, certs_d: Path) -> None:
+    def __init__(self, workdir: Path, certs_d: Path, *, snapshotter: str = "native",
+                 proxy: str = "", cri: str = "", cri_containerd: str = "",
+                 boot_seconds: float = 30) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket = workdir / "containerd.sock"
@@ -240,12 +244,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = "{self.socket}.ttrpc"
 [debug]
   level = "debug"
-[plugins."io.containerd.internal.v1.opt"]
+{proxy}[plugins."io.containerd.internal.v1.opt"]
   path = "{workdir / 'opt'}"
 [plugins."io.containerd.grpc.v1.cri"]
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{cri}  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snapshotter}"
+{cri_containerd}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{workdir / 'cni-bin'}"
     conf_dir = "{workdir / 'cni-conf'}"
   [plugins."io.containerd.grpc.v1.cri".registry]
@@ -254,7 +258,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(["containerd", "--config", str(config)],
                                          stdout=out, stderr=subprocess.STDOUT)
-        wait_for_line(self.log, r"containerd successfully booted", self.proc, 30)
+        wait_for_line(self.log, r"containerd successfully booted", self.proc, boot_seconds)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
 
     def stop(self) -> None:
         stop_process(self.proc, 15)

@@ -14,7 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from registry_fixture import main_command, repo_env, stop_process, wait_for_line
+import mirror_testkit
+from registry_fixture import main_command, repo_env, stop_process
 
 DATA = Path(__file__).parent / "data"
 SERVING = '"msg":"serving on unix://'
@@ -80,59 +81,26 @@ class SnapshotterProcess:
         return stop_process(self.proc)
 
 
-class Containerd:
+class Containerd(mirror_testkit.Containerd):
     """containerd with its own root, state and socket; CRI uses the `imagecache` proxy
     snapshotter at `snapshotter_socket`, pulls through hosts.toml files in `certs_d`, and
     runs pods with `sandbox_image`."""
 
     def __init__(self, workdir: Path, certs_d: Path, snapshotter_socket: Path,
                  sandbox_image: str, snapshotter: str = "imagecache") -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.socket = workdir / "containerd.sock"
-        self.log = workdir / "containerd.log"
-        config = workdir / "config.toml"
-        config.write_text(f"""version = 2
-root = "{workdir / 'root'}"
-state = "{workdir / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{self.socket}"
-[ttrpc]
-  address = "{self.socket}.ttrpc"
-[debug]
-  level = "debug"
-[proxy_plugins]
+        super().__init__(
+            workdir, certs_d, snapshotter=snapshotter, boot_seconds=60,
+            proxy=f"""[proxy_plugins]
   [proxy_plugins.imagecache]
     type = "snapshot"
     address = "{snapshotter_socket}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{workdir / 'opt'}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
+""",
+            cri=f"""  sandbox_image = "{sandbox_image}"
   # This machine may not lower oom_score_adj (the sandbox's -998): keep containerd's own.
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{workdir / 'cni-bin'}"
-    conf_dir = "{workdir / 'cni-conf'}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs_d}"
-""")
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(["containerd", "--config", str(config)],
-                                         stdout=out, stderr=subprocess.STDOUT)
-        wait_for_line(self.log, r"containerd successfully booted", self.proc, 60)
-
-    def lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
-
-    def stop(self) -> None:
-        stop_process(self.proc, 15)
+""",
+            cri_containerd="    disable_snapshot_annotations = false\n",
+        )
 
 
 def plain_http_hosts(certs_d: Path, host: str) -> None:

@@ -13,11 +13,9 @@ import base64
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +37,8 @@ from helm_chart import (
     render_text,
 )
 from sa_kubeconfig import service_account_kubeconfig, service_account_token
+
+from tests.https_probe import https_ok
 
 pytestmark = [pytest.mark.envtest, pytest.mark.skipif(helm_binary() is None, reason=HELM_MISSING)]
 
@@ -340,16 +340,9 @@ class LocalWebhook:
                  "--kubeconfig", str(self.kubeconfig), "--caches-from-cluster"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-
         def ready() -> bool:
             assert self.process is not None and self.process.poll() is None, self.log.read_text()
-            try:
-                url = f"https://127.0.0.1:{self.port}/readyz"
-                with urllib.request.urlopen(url, context=context, timeout=2) as answer:
-                    return bool(answer.status == 200)
-            except OSError:
-                return False
+            return https_ok(f"https://127.0.0.1:{self.port}/readyz", self.certs / "ca.crt")
 
         wait_for(ready, "the webhook to list ImageCaches under its own account")
 

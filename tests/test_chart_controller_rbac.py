@@ -13,7 +13,14 @@ import base64
 from pathlib import Path
 
 import pytest
-from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
+from controller_harness import (
+    Cluster,
+    ControllerProcess,
+    eventually,
+    make_ready,
+    unique,
+    webhook_cert_args,
+)
 from envtest import ControlPlane
 from helm_chart import RBAC_KINDS, apply_server_side, only_kinds, render_text
 from sa_kubeconfig import service_account_kubeconfig
@@ -70,9 +77,7 @@ async def test_controller_lifecycle_under_the_charts_account(
         apiserver, NS, selector,
         "--builder-service-account", f"{FULL}-builder",
         "--in-use-grace", "1",  # the pod below would otherwise hold the cache for a minute
-        "--webhook-configuration", FULL,
-        "--webhook-secret", f"{FULL}-webhook-tls",
-        "--webhook-service", f"{FULL}-webhook",
+        *webhook_cert_args(FULL),
         kubeconfig=kubeconfig,
     ).start()  # fmt: skip
     try:

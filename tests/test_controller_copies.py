@@ -6,48 +6,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
+from controller_harness import (
+    Cluster,
+    ControllerProcess,
+    decided_pod,
+    eventually,
+    make_ready,
+    scrape_metrics,
+    unique,
+)
 
 from webhook.kube import client as k
-from webhook.kube.client import ApiError
 
 pytestmark = pytest.mark.envtest
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
-
-
-async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:
-    try:
-        return await cluster.kube.get(res, namespace, name)
-    except ApiError:
-        return None
-
-
-def pod(
-    namespace: str, name: str, decision: str, cache: str | None, missing: str = ""
-) -> dict[str, Any]:
-    """A pod as the webhook leaves it (labels and annotations), created directly."""
-    annotations = {"imagecache.dev/decision": decision}
-    labels = {"imagecache.dev/decision": decision}
-    if cache:
-        annotations["imagecache.dev/cache"] = cache
-        if decision in ("hit", "mismatch"):
-            labels["imagecache.dev/cache"] = cache
-    if missing:
-        annotations["imagecache.dev/missing-images"] = missing
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": annotations,
-        },
-        "spec": {
-            "automountServiceAccountToken": False,
-            "containers": [{"name": "app", "image": "nginx"}],
-        },
-    }
 
 
 async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
@@ -64,7 +36,7 @@ async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
     old_snapshot = first["status"]["snapshotName"]
     # Eager copy for spec.namespaces, without any pod there; published once ready.
     old_copy = (await cluster.copy_entry(name, eager, ready=False))["snapshotName"]
-    copy = await eventually(lambda: _get(cluster, k.SNAPSHOT, eager, old_copy), "eager copy")
+    copy = await eventually(lambda: cluster.kube.find(k.SNAPSHOT, eager, old_copy), "eager copy")
     old_content = copy["spec"]["source"]["volumeSnapshotContentName"]
     await cluster.ready_copy(eager, old_copy)
     await cluster.copy_entry(name, eager, ready=True)
@@ -125,15 +97,15 @@ async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
     assert entry["readyToUse"] is True
     assert f"claim {eager}/early-imagecache" in entry.get("message", ""), entry
     # The claim still clones the old copy: it and the old primary stay.
-    assert await _get(cluster, k.SNAPSHOT, eager, old_copy) is not None
-    assert await _get(cluster, k.SNAPSHOT, ns, old_snapshot) is not None
+    assert await cluster.kube.find(k.SNAPSHOT, eager, old_copy) is not None
+    assert await cluster.kube.find(k.SNAPSHOT, ns, old_snapshot) is not None
     await cluster.bind_claim(eager, "early-imagecache")
 
     async def old_gone() -> bool:
         return (
-            await _get(cluster, k.SNAPSHOT, ns, old_snapshot) is None
-            and await _get(cluster, k.SNAPSHOT, eager, old_copy) is None
-            and await _get(cluster, k.CONTENT, None, old_content) is None
+            await cluster.kube.find(k.SNAPSHOT, ns, old_snapshot) is None
+            and await cluster.kube.find(k.SNAPSHOT, eager, old_copy) is None
+            and await cluster.kube.find(k.CONTENT, None, old_content) is None
         )
 
     await eventually(old_gone, "superseded snapshot, copy and copy content deleted")
@@ -149,7 +121,7 @@ async def test_spec_change_rebuilds_and_the_old_snapshot_serves_until_then(
         return f"claim {eager}/late-imagecache" in status.get("message", "")
 
     await eventually(deferred, "deletion deferred for the claim")
-    assert await _get(cluster, k.SNAPSHOT, eager, fresh["metadata"]["name"]) is not None
+    assert await cluster.kube.find(k.SNAPSHOT, eager, fresh["metadata"]["name"]) is not None
     await cluster.bind_claim(eager, "late-imagecache")
     await cluster.gone(name)
     assert await cluster.leftovers(ns, name) == {}, process.tail()
@@ -167,11 +139,14 @@ async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
     assert await cluster.owned(k.SNAPSHOT, app, name) == []
 
     pods = [
-        pod(app, "hit", "hit", name),
-        pod(app, "mismatch", "mismatch", name, missing="docker.io/library/busybox:latest"),
-        pod(app, "miss", "miss", None),
-        pod(app, "unavailable", "unavailable", "no-such-cache"),
-        {**pod(app, "undecided", "hit", None), "metadata": {"name": "undecided", "namespace": app}},
+        decided_pod(app, "hit", "hit", name),
+        decided_pod(app, "mismatch", "mismatch", name, missing="docker.io/library/busybox:latest"),
+        decided_pod(app, "miss", "miss", None),
+        decided_pod(app, "unavailable", "unavailable", "no-such-cache"),
+        {
+            **decided_pod(app, "undecided", "hit", None),
+            "metadata": {"name": "undecided", "namespace": app},
+        },
     ]
     for manifest in pods:
         await cluster.kube.create(manifest)
@@ -179,7 +154,8 @@ async def test_pods_get_one_event_each_a_copy_and_last_matched_time(
     # The hit made a copy in the pod's namespace.
     entry = await cluster.copy_entry(name, app)
     copy = await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, app, entry["snapshotName"]), "copy in the pod's namespace"
+        lambda: cluster.kube.find(k.SNAPSHOT, app, entry["snapshotName"]),
+        "copy in the pod's namespace",
     )
     assert copy["metadata"]["labels"]["imagecache.dev/cache"] == name
 
@@ -254,12 +230,5 @@ async def _creates(process: ControllerProcess, at_least: int) -> bool:
 
 
 async def _healthy(process: ControllerProcess) -> bool:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{process.port}/metrics") as response,
-        ):
-            text = await response.text()
-    except aiohttp.ClientError:
-        return False
-    return response.status == 200 and "imagecache_leader 1.0" in text
+    text = await scrape_metrics(process.port)
+    return text is not None and "imagecache_leader 1.0" in text

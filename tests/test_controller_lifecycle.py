@@ -13,6 +13,7 @@ from controller_harness import (
     DRIVER,
     Cluster,
     ControllerProcess,
+    decided_pod,
     eventually,
     unique,
 )
@@ -101,10 +102,10 @@ async def test_build_ready_copy_expire_delete(
     await eventually(build_gone, "build objects deleted")
 
     # A copy in the pull secret's namespace (the only one allowed) once a pod there asks.
-    await cluster.kube.create(_pod(team, name, "unavailable"))
+    await cluster.kube.create(decided_pod(team, "user", "unavailable", name, labelled=True))
     entry = await cluster.copy_entry(name, team, ready=False)
     copy = await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, team, entry["snapshotName"]), "copy"
+        lambda: cluster.kube.find(k.SNAPSHOT, team, entry["snapshotName"]), "copy"
     )
     content = await cluster.kube.get(
         k.CONTENT, None, copy["spec"]["source"]["volumeSnapshotContentName"]
@@ -147,7 +148,7 @@ async def test_build_ready_copy_expire_delete(
         return "expired at" in message and f"claim {team}/user-imagecache" in message
 
     await eventually(waiting, "in-use protection message")
-    assert await _get(cluster, k.SNAPSHOT, team, entry["snapshotName"]) is not None
+    assert await cluster.kube.find(k.SNAPSHOT, team, entry["snapshotName"]) is not None
     await cluster.bind_claim(team, "user-imagecache")
     try:
         await cluster.gone(name)
@@ -166,30 +167,6 @@ async def test_build_ready_copy_expire_delete(
         "CleanedUp",
     ]:
         assert step in reasons, (step, reasons, process.tail())
-
-
-def _pod(namespace: str, cache: str, decision: str, name: str = "user") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"imagecache.dev/cache": cache, "imagecache.dev/decision": decision},
-            "annotations": {"imagecache.dev/decision": decision, "imagecache.dev/cache": cache},
-        },
-        "spec": {
-            "automountServiceAccountToken": False,
-            "containers": [{"name": "app", "image": "nginx"}],
-        },
-    }
-
-
-async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:
-    try:
-        return await cluster.kube.get(res, namespace, name)
-    except k.ApiError:
-        return None
 
 
 @pytest.mark.parametrize(

@@ -17,24 +17,16 @@ from controller_harness import (
 
 from webhook.controller.core import reconcile_names as rn
 from webhook.kube import client as k
-from webhook.kube.client import ApiError
 
 pytestmark = pytest.mark.envtest
 D1 = "sha256:" + "1" * 64
 IMAGES = [("docker.io/library/nginx:1", D1, 5)]
 
 
-async def _get(cluster: Cluster, res: k.Resource, namespace: str | None, name: str) -> Any:
-    try:
-        return await cluster.kube.get(res, namespace, name)
-    except ApiError:
-        return None
-
-
 async def _copy_of(cluster: Cluster, cache: str, namespace: str) -> dict[str, Any]:
     entry = await cluster.copy_entry(cache, namespace)
     found: dict[str, Any] = await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, namespace, entry["snapshotName"]),
+        lambda: cluster.kube.find(k.SNAPSHOT, namespace, entry["snapshotName"]),
         f"copy of {cache} in {namespace}",
     )
     return found
@@ -103,7 +95,7 @@ async def test_a_name_taken_by_another_object_is_never_taken_for_the_copy(
 
         entry = await eventually(reported, "the taken name reported in status", within=60)
         assert entry["readyToUse"] is False
-        assert await _get(cluster, k.SNAPSHOT, team, entry["snapshotName"]) is None
+        assert await cluster.kube.find(k.SNAPSHOT, team, entry["snapshotName"]) is None
         warnings = [m for t, r, m in cluster.events(name) if r == "SnapshotCopyFailed"]
         assert warnings and squatter in warnings[0], warnings
         assert "taken" in process.tail(400)  # and in the log
@@ -139,7 +131,7 @@ async def test_copies_are_made_before_pods_ask_and_failures_are_visible(
     # The namespace appears: the copy is made on a retry.
     await cluster.namespace(missing)
     await eventually(
-        lambda: _get(cluster, k.SNAPSHOT, missing, entry["snapshotName"]),
+        lambda: cluster.kube.find(k.SNAPSHOT, missing, entry["snapshotName"]),
         "copy once the namespace exists",
         within=90,
     )

@@ -7,7 +7,14 @@ import time
 
 import aiohttp
 import pytest
-from controller_harness import Cluster, ControllerProcess, eventually, make_ready, unique
+from controller_harness import (
+    Cluster,
+    ControllerProcess,
+    eventually,
+    make_ready,
+    scrape_metrics,
+    unique,
+)
 from envtest import ControlPlane
 
 from webhook.controller.core import reconcile_names as rn
@@ -27,13 +34,8 @@ async def setup(cluster: Cluster) -> tuple[str, str]:
 
 
 async def metric(process: ControllerProcess, name: str) -> float | None:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{process.port}/metrics") as response,
-        ):
-            text = await response.text()
-    except aiohttp.ClientError:
+    text = await scrape_metrics(process.port)
+    if text is None:
         return None
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):

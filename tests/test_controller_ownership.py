@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from controller_harness import Cluster, ControllerProcess, eventually, unique
+from controller_harness import (
+    Cluster,
+    ControllerProcess,
+    eventually,
+    unique,
+    webhook_cert_args,
+)
 from envtest import ControlPlane
 from helm_chart import RBAC_KINDS, apply_server_side, only_kinds, render_text
 from sa_kubeconfig import service_account_kubeconfig
@@ -70,9 +76,7 @@ async def test_the_secret_and_the_lease_go_with_the_controller_deployment(
         apiserver, ns, f"test={unique('owned')}",
         "--owner-deployment", f"{FULL}-controller",
         "--lease-name", f"{FULL}-controller",
-        "--webhook-configuration", FULL,
-        "--webhook-secret", f"{FULL}-webhook-tls",
-        "--webhook-service", f"{FULL}-webhook",
+        *webhook_cert_args(FULL),
         kubeconfig=kubeconfig,
     ).start()  # fmt: skip
     try:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import urllib.request
+from typing import Any
 
 import pytest
 from controller_harness import Cluster, eventually, unique
@@ -40,16 +41,25 @@ def event(namespace: str, name: str, message: str) -> dict[str, object]:
     }
 
 
-async def test_watch_resumes_after_the_server_ends_it(cluster: Cluster) -> None:
-    ns = await cluster.namespace(unique("watch"))
+def recording_informer(
+    cluster: Cluster, res: Resource, namespace: str, **options: Any
+) -> tuple[Informer, list[tuple[str, str]]]:
+    """An Informer of `namespace` that records (event type, name) of every change."""
     seen: list[tuple[str, str]] = []
     informer = Informer(
         cluster.kube,
-        CONFIGMAP,
-        namespace=ns,
+        res,
+        namespace=namespace,
         handler=lambda kind, obj: seen.append((kind, obj["metadata"]["name"])),
-        watch_timeout=1,  # the apiserver closes each watch after a second
+        **options,
     )
+    return informer, seen
+
+
+async def test_watch_resumes_after_the_server_ends_it(cluster: Cluster) -> None:
+    ns = await cluster.namespace(unique("watch"))
+    # the apiserver closes each watch after a second
+    informer, seen = recording_informer(cluster, CONFIGMAP, ns, watch_timeout=1)
     stop = asyncio.Event()
     task = asyncio.create_task(informer.run(stop))
     try:
@@ -84,13 +94,7 @@ async def test_410_gone_lists_again_and_reports_what_changed(
     ns = await cluster.namespace(unique("gone"))
     await cluster.kube.create(event(ns, "busy", "0"))
     await cluster.kube.create(event(ns, "doomed", "0"))
-    seen: list[tuple[str, str]] = []
-    informer = Informer(
-        cluster.kube,
-        EVENTS,
-        namespace=ns,
-        handler=lambda kind, obj: seen.append((kind, obj["metadata"]["name"])),
-    )
+    informer, seen = recording_informer(cluster, EVENTS, ns)
     stop = asyncio.Event()
     task = asyncio.create_task(informer.run(stop))
     await asyncio.wait_for(informer.synced.wait(), 10)

@@ -33,7 +33,7 @@ from server_fixtures import (
     wait_for,
 )
 
-from webhook.server.runtime import Webhook
+from webhook.server.runtime import Options, Webhook
 
 CLIENTS_KEEPALIVE = 4
 CLIENTS_FRESH = 4  # a new TLS handshake per request: these hit the swap itself
@@ -66,12 +66,18 @@ def _reloads(webhook: Webhook, result: str) -> float:
     return value
 
 
+def _mounted(tmp_path: Path, pair: Path, caches_file: Path) -> tuple[SecretVolume, Options]:
+    """A Secret volume holding `pair`, and the server's options that serve from it."""
+    volume = SecretVolume(tmp_path / "secret")
+    volume.update_from(pair)
+    return volume, options(volume.cert, volume.key, caches=str(caches_file))
+
+
 async def test_certificate_swap_under_load(
     tmp_path: Path, two_cas: tuple[Path, Path], caches_file: Path
 ) -> None:
     old, new = two_cas
-    volume = SecretVolume(tmp_path / "secret")
-    volume.update_from(old)
+    volume, opts = _mounted(tmp_path, old, caches_file)
     body = require_reviews()[0].read_bytes()
     both = client_context(old / "ca.crt", new / "ca.crt")
     old_issuer, new_issuer = ca_subject(old / "ca.crt"), ca_subject(new / "ca.crt")
@@ -102,7 +108,6 @@ async def test_certificate_swap_under_load(
         if connection is not None:
             connection.close()
 
-    opts = options(volume.cert, volume.key, caches=str(caches_file))
     async with running(opts) as webhook:
         tasks = [
             asyncio.create_task(client(f"keepalive-{n}", False)) for n in range(CLIENTS_KEEPALIVE)
@@ -136,9 +141,7 @@ async def test_kept_alive_connection_outlives_the_swap(
     tmp_path: Path, two_cas: tuple[Path, Path], caches_file: Path
 ) -> None:
     old, new = two_cas
-    volume = SecretVolume(tmp_path / "secret")
-    volume.update_from(old)
-    opts = options(volume.cert, volume.key, caches=str(caches_file))
+    volume, opts = _mounted(tmp_path, old, caches_file)
     async with running(opts) as webhook:
         connection = await Connection.open(webhook.port, client_context(old / "ca.crt"))
         try:
@@ -160,9 +163,7 @@ async def test_mismatched_pair_keeps_the_old_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     old, new = two_cas
-    volume = SecretVolume(tmp_path / "secret")
-    volume.update_from(old)
-    opts = options(volume.cert, volume.key, caches=str(caches_file))
+    volume, opts = _mounted(tmp_path, old, caches_file)
     async with running(opts) as webhook:
         # The new CA's certificate with the old key: the key does not match.
         volume.update(
@@ -225,9 +226,7 @@ async def test_swap_to_an_rsa_certificate(
     # same SSLContext would keep offering the old ECDSA certificate beside it).
     old, _ = two_cas
     rsa_dir = _rsa_self_signed(tmp_path / "rsa")
-    volume = SecretVolume(tmp_path / "secret")
-    volume.update_from(old)
-    opts = options(volume.cert, volume.key, caches=str(caches_file))
+    volume, opts = _mounted(tmp_path, old, caches_file)
     async with running(opts) as webhook:
         volume.update_from(rsa_dir)
         await wait_for(lambda: _reloads(webhook, "success") == 1, what="the reload")

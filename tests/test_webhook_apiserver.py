@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import yaml
 from envtest import ControlPlane, free_port
 
 from tests.cachefactory import fake_digest
+from tests.https_probe import https_ok
 from webhook.core.imageref import normalize
 
 pytestmark = pytest.mark.envtest
@@ -81,17 +80,10 @@ class Webhook:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(
-                    f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2
-                ) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
+            if https_ok(f"https://127.0.0.1:{self.port}/readyz", self.certs / "ca.crt"):
+                return
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             time.sleep(0.2)
         raise AssertionError(f"webhook not ready:\n{self.log.read_text()[-3000:]}")

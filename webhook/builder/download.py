@@ -123,14 +123,12 @@ async def fetch_blob(
                 await _stream_into(client, registry, repository, sink, what)
             except NETWORK_ERRORS as exc:
                 attempt += 1
-                if attempt > client.policy.retries:
-                    raise BuildFailure(
-                        Reason.REGISTRY_UNREACHABLE,
-                        f"registry {registry} dropped the download of {what} at "
-                        f"{format_bytes(sink.written)} of {format_bytes(descriptor.size)}: "
-                        f"{exc or type(exc).__name__}; gave up after {attempt} attempts",
-                    ) from None
-                delay = client.policy.delay(attempt)
+                delay = client.policy.next_delay(
+                    attempt,
+                    f"registry {registry} dropped the download of {what} at "
+                    f"{format_bytes(sink.written)} of {format_bytes(descriptor.size)}: "
+                    f"{exc or type(exc).__name__}; gave up after {attempt} attempts",
+                )
                 log.warning("%s: interrupted at %s (%s); resume %d/%d in %.1fs", what,
                             format_bytes(sink.written), exc or type(exc).__name__, attempt,
                             client.policy.retries, delay)
@@ -142,17 +140,17 @@ async def fetch_blob(
             attempt += 1
             got = (f"{sink.written} bytes" if sink.written != descriptor.size
                    else f"digest {sink.actual_digest()}")
-            if attempt > client.policy.retries:
-                raise BuildFailure(
-                    Reason.DIGEST_MISMATCH,
-                    f"{what} from registry {registry}/{repository}: got {got}, expected "
-                    f"{descriptor.digest} ({descriptor.size} bytes); gave up after "
-                    f"{attempt} attempts",
-                )
+            delay = client.policy.next_delay(
+                attempt,
+                f"{what} from registry {registry}/{repository}: got {got}, expected "
+                f"{descriptor.digest} ({descriptor.size} bytes); gave up after "
+                f"{attempt} attempts",
+                Reason.DIGEST_MISMATCH,
+            )
             log.warning("%s: got %s, expected %s; retry %d/%d", what, got, descriptor.digest,
                         attempt, client.policy.retries)
             await loop.run_in_executor(None, sink.reset)
-            await asyncio.sleep(client.policy.delay(attempt))
+            await asyncio.sleep(delay)
         await loop.run_in_executor(None, sink.commit)
     except BaseException:
         await loop.run_in_executor(None, sink.abort)

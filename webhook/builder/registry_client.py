@@ -71,6 +71,14 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         return backoff_delay(attempt, self.base_delay, self.max_delay, random.random(), retry_after)
 
+    def next_delay(self, attempt: int, gave_up: str, reason: Reason = Reason.REGISTRY_UNREACHABLE
+                   ) -> float:  # fmt: skip
+        """The wait before retry `attempt` (1-based); past the last retry, a BuildFailure
+        for `reason` saying `gave_up`."""
+        if attempt > self.retries:
+            raise BuildFailure(reason, gave_up) from None
+        return self.delay(attempt)
+
 
 class RegistryClient:
     def __init__(
@@ -209,13 +217,11 @@ class RegistryClient:
                 ) from None
             except NETWORK_ERRORS as exc:
                 attempt += 1
-                if attempt > self.policy.retries:
-                    raise BuildFailure(
-                        Reason.REGISTRY_UNREACHABLE,
-                        f"registry {registry} unreachable ({url}): {_describe(exc)}; gave up "
-                        f"after {attempt} attempts",
-                    ) from None
-                delay = self.policy.delay(attempt)
+                delay = self.policy.next_delay(
+                    attempt,
+                    f"registry {registry} unreachable ({url}): {_describe(exc)}; gave up "
+                    f"after {attempt} attempts",
+                )
                 log.warning("registry %s: %s for %s; retry %d/%d in %.1fs", registry,
                             _describe(exc), what, attempt, self.policy.retries, delay)
                 await asyncio.sleep(delay)
@@ -354,13 +360,8 @@ class RegistryClient:
                     status = resp.status
             except NETWORK_ERRORS as exc:
                 attempt += 1
-                if attempt > self.policy.retries:
-                    raise BuildFailure(
-                        Reason.REGISTRY_UNREACHABLE,
-                        f"token service {realm} of registry {registry} unreachable: "
-                        f"{_describe(exc)}",
-                    ) from None
-                await asyncio.sleep(self.policy.delay(attempt))
+                gave_up = f"token service {realm} of registry {registry} unreachable: "
+                await asyncio.sleep(self.policy.next_delay(attempt, gave_up + _describe(exc)))
                 continue
             if status in RETRYABLE_STATUS and attempt < self.policy.retries:
                 attempt += 1

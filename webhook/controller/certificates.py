@@ -247,20 +247,12 @@ class CertificateManager:
         names = [*settings.dns_names, *settings.extra_names]
         self.policy = CertPolicy(names=frozenset(names), overlap=settings.overlap)
 
-    async def _get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.kube.get(res, namespace, name)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     async def sync(self) -> CertPlan:
         """One pass: read, plan, write the Secret if it changes, then the caBundle."""
         s = self.settings
         now = self.clock()
-        secret = await self._get(SECRET, s.namespace, s.secret)
-        config = await self._get(WEBHOOK_CONFIG, None, s.webhook_configuration)
+        secret = await self.kube.find(SECRET, s.namespace, s.secret)
+        config = await self.kube.find(WEBHOOK_CONFIG, None, s.webhook_configuration)
         chosen = plan(read_facts(secret, config), self.policy, now)
         data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
         if chosen.changes_secret:

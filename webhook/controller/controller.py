@@ -295,12 +295,9 @@ class Controller:
         known = self._primary_contents.get(name)
         if known is not None and known.handle:
             return known
-        try:
-            obj = await self.kube.get(k.CONTENT, None, name)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        obj = await self.kube.find(k.CONTENT, None, name)
+        if obj is None:
+            return None
         state = m.content_state(obj)
         if state.handle:
             self._primary_contents[name] = state

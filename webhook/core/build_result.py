@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.core.jsondoc import json_object
 from webhook.core.ocilayout import InvalidDigest, split_digest
 
 LIMIT = 4096
@@ -146,12 +147,7 @@ def decode_build_result(
 ) -> BuildResult | BuildError:
     """Read a termination message. `requested` (the --image arguments, normalized or as
     written) fills in references the encoding dropped."""
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise InvalidBuildResult(f"build result is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidBuildResult("build result must be a JSON object")
+    doc = json_object(text, "build result", InvalidBuildResult)
     error = doc.get("error")
     if isinstance(error, dict):
         return BuildError(str(error.get("reason", "")), str(error.get("message", "")))

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.core.jsondoc import json_object
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "imagecache.json"
 OCI_DIR = "oci"
@@ -104,12 +106,7 @@ def _layers(items: Any, where: str) -> tuple[CachedLayer, ...]:
 
 def parse_manifest(text: str | bytes) -> CacheManifest:
     """Parse imagecache.json; raise InvalidCacheManifest naming the bad field."""
-    try:
-        body = json.loads(text)
-    except ValueError as exc:
-        raise InvalidCacheManifest(f"{MANIFEST_FILE} is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidCacheManifest(f"{MANIFEST_FILE} must hold a JSON object")
+    body = json_object(text, MANIFEST_FILE, InvalidCacheManifest)
     version = _field(body, "schemaVersion", int)
     if version != SCHEMA_VERSION:
         raise InvalidCacheManifest(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.core.jsondoc import json_object
 from webhook.core.ocilayout import InvalidDigest, split_digest
 
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -130,12 +131,7 @@ def parse_manifest(body: bytes, content_type: str | None, where: str) -> Manifes
             f"{where}: Docker schema 1 manifests are not supported; push the image again "
             "with a current client (schema 2 or OCI)"
         )
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise InvalidManifest(f"{where}: manifest is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidManifest(f"{where}: manifest must be a JSON object")
+    doc = json_object(body, f"{where}: manifest", InvalidManifest)
     if doc.get("schemaVersion") == 1:
         raise InvalidManifest(
             f"{where}: Docker schema 1 manifests are not supported; push the image again "

@@ -231,6 +231,15 @@ class Kube:
     async def get(self, res: Resource, namespace: str | None, name: str) -> Obj:
         return await self.request("GET", res.path(namespace, name), verb="get")
 
+    async def find(self, res: Resource, namespace: str | None, name: str) -> Obj | None:
+        """The object, or None if there is none (404); any other error is raised."""
+        try:
+            return await self.get(res, namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def list(
         self,
         res: Resource,

@@ -16,6 +16,7 @@ from typing import Any
 
 from webhook.core.caches import parse_cache_documents
 from webhook.server.logs import log
+from webhook.server.polling import poll_forever
 
 DEFAULT = "default"
 _EMBEDDED = "data/default-caches.yaml"
@@ -102,9 +103,4 @@ class CacheFile:
     async def run(self, interval: float) -> None:
         if self.path is None:
             return  # the embedded file cannot change
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.check()
-            except Exception:  # never let the poller die; say why it stumbled
-                self.logger.exception("caches file check failed")
+        await poll_forever(self.check, interval, self.logger, "caches file")

@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography import x509
 
 from webhook.server.logs import log
+from webhook.server.polling import poll_forever
 
 # Forward secrecy only for TLS 1.2 (TLS 1.3 suites are all AEAD with ephemeral keys).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -169,10 +170,5 @@ class TlsReloader:
         log(self.logger, logging.INFO, "serving certificate reloaded", **_describe(pair))
 
     async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.check()
-            except Exception:  # never let the poller die; say why it stumbled
-                self.logger.exception("certificate reload check failed")
+        await poll_forever(self.check, interval, self.logger, "certificate reload")
 

@@ -17,19 +17,26 @@ def primary_snapshot(
 ) -> Obj:
     """`result`: the builder's termination message, kept on the snapshot so that status can
     be filled from it when the snapshot is ready (the build pod is gone by then)."""
-    spec: Obj = {"source": {"persistentVolumeClaimName": rn.pvc_name(cache.name, bid)}}
+    meta = {
+        "labels": rn.labels(cache.name, rn.PRIMARY, bid),
+        "annotations": {rn.CACHE_ANNOTATION: cache.name, rn.RESULT_ANNOTATION: result},
+        "ownerReferences": [owner_reference(cache)],
+    }
+    source = {"persistentVolumeClaimName": rn.pvc_name(cache.name, bid)}
+    name = rn.primary_name(cache.name, bid)
+    return _volume_snapshot(name, namespace, meta, source, snapshot_class)
+
+
+def _volume_snapshot(
+    name: str, namespace: str, meta: Obj, source: Obj, snapshot_class: str | None
+) -> Obj:
+    spec: Obj = {"source": source}
     if snapshot_class:
         spec["volumeSnapshotClassName"] = snapshot_class
     return {
         "apiVersion": SNAPSHOT_API,
         "kind": "VolumeSnapshot",
-        "metadata": {
-            "name": rn.primary_name(cache.name, bid),
-            "namespace": namespace,
-            "labels": rn.labels(cache.name, rn.PRIMARY, bid),
-            "annotations": {rn.CACHE_ANNOTATION: cache.name, rn.RESULT_ANNOTATION: result},
-            "ownerReferences": [owner_reference(cache)],
-        },
+        "metadata": {"name": name, "namespace": namespace, **meta},
         "spec": spec,
     }
 
@@ -72,19 +79,9 @@ def copy_content(
 
 def copy_snapshot(cache: Cache, namespace: str, bid: str, snapshot_class: str | None) -> Obj:
     content = rn.copy_content_name(cache.uid, cache.name, namespace, bid)
-    spec: Obj = {"source": {"volumeSnapshotContentName": content}}
-    if snapshot_class:
-        spec["volumeSnapshotClassName"] = snapshot_class
-    return {
-        "apiVersion": SNAPSHOT_API,
-        "kind": "VolumeSnapshot",
-        "metadata": {
-            "name": rn.copy_name(cache.name, bid),
-            "namespace": namespace,
-            **_copy_meta(cache, bid),
-        },
-        "spec": spec,
-    }
+    source = {"volumeSnapshotContentName": content}
+    name = rn.copy_name(cache.name, bid)
+    return _volume_snapshot(name, namespace, _copy_meta(cache, bid), source, snapshot_class)
 
 
 def foreign_copy(existing: Obj, wanted: Obj) -> str | None:

@@ -14,7 +14,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from webhook.core import names
 from webhook.core.caches import CacheIndex, CacheView, no_ready_copy
@@ -160,26 +160,33 @@ def decide(
         return Decision(request, None, "the pod did not opt in to an image cache")
     refs, bad = _parse_images(images)
     warnings = tuple(f"imagecache: {p}" for p in request.problems) if request.problems else ()
+    ask = _Ask(images, namespace, request, index, now, refs, bad, warnings)
     if request.mode == "manual":
-        return _decide_manual(images, namespace, request, index, now, refs, warnings)
+        return _decide_manual(ask)
     if not explain and not request.partial and refs and not bad:
-        return _first_exact(images, namespace, request, index, now, refs, warnings)
-    return _decide_auto(images, namespace, request, index, now, refs, bad, warnings)
+        return _first_exact(ask)
+    return _decide_auto(ask)
 
 
-def _first_exact(
-    images: Sequence[str],
-    namespace: str,
-    request: Request,
-    index: CacheIndex,
-    now: datetime,
-    refs: Mapping[str, ImageRef],
-    warnings: tuple[str, ...],
-) -> Decision:
+class _Ask(NamedTuple):
+    """One pod's question, as every way of deciding reads it."""
+
+    images: Sequence[str]
+    namespace: str
+    request: Request
+    caches: CacheIndex
+    now: datetime
+    refs: Mapping[str, ImageRef]  # the valid references, by image as written
+    bad: Sequence[str]  # the images that are not valid references
+    warnings: tuple[str, ...]
+
+
+def _first_exact(ask: _Ask) -> Decision:
     """auto/exact for admission: walk the holders of the rarest image in order, stop at the
     first usable one that holds them all. Past the rejections kept for the log, only the
     holders with a ready copy in the pod's namespace are read. Costs the same with 10 caches
     or 10,000, unless thousands of them are not Ready or expired."""
+    _, namespace, request, index, now, refs, _, warnings = ask
     keys = {ref.match_key for ref in refs.values()}
     rarest = min(keys, key=lambda k: len(index.with_key(k))) if len(keys) > 1 else next(iter(keys))
     rejected: list[Rejected] = []
@@ -266,15 +273,8 @@ def _waiting(
     )
 
 
-def _decide_manual(
-    images: Sequence[str],
-    namespace: str,
-    request: Request,
-    index: CacheIndex,
-    now: datetime,
-    refs: Mapping[str, ImageRef],
-    warnings: tuple[str, ...],
-) -> Decision:
+def _decide_manual(ask: _Ask) -> Decision:
+    images, namespace, request, index, now, refs, _, warnings = ask
     name = request.cache_name or ""
     cache = index.get(name)
     why = (
@@ -315,16 +315,8 @@ def _decide_manual(
     )
 
 
-def _decide_auto(
-    images: Sequence[str],
-    namespace: str,
-    request: Request,
-    index: CacheIndex,
-    now: datetime,
-    refs: Mapping[str, ImageRef],
-    bad: Sequence[str],
-    warnings: tuple[str, ...],
-) -> Decision:
+def _decide_auto(ask: _Ask) -> Decision:
+    images, namespace, request, index, now, refs, bad, warnings = ask
     keys = {ref.match_key for ref in refs.values()}
     # Only caches that hold at least one of the pod's images are ever looked at.
     held: dict[str, int] = {}

@@ -67,8 +67,13 @@ def _not_object(value: object) -> str:
     return "is missing" if value is None else f"must be an object, not {type(value).__name__}"
 
 
-def _not_objects(at: str, field: str) -> BadReview:
-    return BadReview(f"{at}.{field} must be a list of objects")
+def _objects(value: object, at: str, field: str) -> list[dict[str, Any]] | None:
+    """`value` as a list of objects, None if absent; else BadReview naming `field`."""
+    if value is None:
+        return None
+    if type(value) is not list or any(type(item) is not dict for item in value):
+        raise BadReview(f"{at}.{field} must be a list of objects")
+    return value
 
 
 def _is_ours(volume: Mapping[str, Any]) -> bool:
@@ -137,31 +142,18 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
     spec = pod.get("spec")
     if type(spec) is not dict:
         raise BadReview(f"{at}.spec {_not_object(spec)}")
-    volumes = spec.get("volumes")
+    volumes = _objects(spec.get("volumes"), at, "spec.volumes")
     volume: bool | None = None
     volume_ours = False
     if volumes is not None:
-        if type(volumes) is not list:
-            raise _not_objects(at, "spec.volumes")
-        volume = False
-        for item in volumes:
-            if type(item) is not dict:
-                raise _not_objects(at, "spec.volumes")
-            if item.get("name") == _VOLUME:
-                volume, volume_ours = True, _is_ours(item)
-                break
+        named = next((item for item in volumes if item.get("name") == _VOLUME), None)
+        volume, volume_ours = named is not None, named is not None and _is_ours(named)
 
     with_images: list[Container] = []
     containers = None
     for key in ("initContainers", "containers"):
-        containers = spec.get(key)
-        if containers is None:
-            continue
-        if type(containers) is not list:
-            raise _not_objects(at, f"spec.{key}")
-        for n, container in enumerate(containers):
-            if type(container) is not dict:
-                raise _not_objects(at, f"spec.{key}")
+        containers = _objects(spec.get(key), at, f"spec.{key}")
+        for n, container in enumerate(containers or ()):
             image = container.get("image")
             if type(image) is str:
                 if image:
@@ -177,14 +169,10 @@ def read_pod(pod: object, at: str = "request.object") -> PodFacts:
     if containers:
         first = containers[0]
         first_name = str(first.get("name") or "")
-        mounts = first.get("volumeMounts")
+        mounts = _objects(first.get("volumeMounts"), at, "spec.containers[0].volumeMounts")
         if mounts is not None:
-            if type(mounts) is not list:
-                raise _not_objects(at, "spec.containers[0].volumeMounts")
             mount = False
             for item in mounts:
-                if type(item) is not dict:
-                    raise _not_objects(at, "spec.containers[0].volumeMounts")
                 if item.get("name") == _VOLUME:
                     mount = True
                 elif item.get("mountPath") == _MOUNT_PATH:
