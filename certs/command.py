@@ -21,7 +21,7 @@ DEFAULT_DAYS = 365
 DEFAULT_CA_DAYS = 3650
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache certs", description="Certificates for the admission webhook."
     )
@@ -82,7 +82,7 @@ def generate(out: Path, dns: list[str], ips: list[str], days: int, ca_days: int)
 def main(argv: list[str]) -> int:
     """Entry point; `argv` is what follows `imagecache certs`."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else 2
     try:

@@ -31,7 +31,7 @@ from server_fixtures import (
 )
 
 from webhook.core.review import MAX_BODY_BYTES
-from webhook.server.logs import JsonFormatter, log
+from webhook.logs import JsonFormatter, log
 from webhook.server.runtime import Webhook
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 
+from webhook import logs
 from webhook.builder.build import BuildOptions, build
 from webhook.builder.registry_client import RetryPolicy
 from webhook.core.build_errors import EXIT_CODES, BuildFailure, Reason
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
         raise BuildFailure(Reason.INVALID_ARGUMENT, f"imagecache build: {message}")
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="imagecache build",
         description="Pull a cache's images into an OCI image layout on the cache disk.",
@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also unpack every layer under /layers/<chainID hex>/ for the node "
                         "snapshotter (needs root with the unpacking capabilities, "
                         "docs/builder.md); without it a /layers/ of an earlier build is removed")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_flags(p, level_help="info: the plan, each download with its progress, the "
+                   "summary; warning: retries and layers not unpacked; debug: also the "
+                   "traceback of an internal error")
     return p
 
 
@@ -126,21 +128,23 @@ def _write_termination(path: Path | None, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Found first, so that even a bad command line reports through the termination log.
+    # Found first, so that even a bad command line reports through the termination log, in
+    # the log format asked for (a bad --log-level or --log-format: the defaults).
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
-    termination: Path | None = early.parse_known_args(argv)[0].termination_log
+    early.add_argument("--log-level", type=str.lower, default=logs.DEFAULT_LEVEL)
+    early.add_argument("--log-format", type=str.lower, default=logs.DEFAULT_FORMAT)
+    known = early.parse_known_args(argv)[0]
+    termination: Path | None = known.termination_log
+    logs.setup(known.log_level if known.log_level in logs.LEVELS else logs.DEFAULT_LEVEL,
+               known.log_format if known.log_format in logs.FORMATS else logs.DEFAULT_FORMAT,
+               name=log.name)
     try:
         if any(a in ("-h", "--help") for a in argv):
-            _parser().print_help()
+            parser().print_help()
             return 0
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         termination = args.termination_log
-        logging.getLogger().setLevel(args.log_level)
         options = _options(args)
         summary = asyncio.run(build(options))
     except BuildFailure as exc:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from webhook import logs
 from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
 from webhook.controller.leader import LeaderElector, LeaseConfig
@@ -155,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
         default=env("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}",
         help="this candidate's name in the Lease (default: $POD_NAME or host_pid)",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_flags(p)
     certs = p.add_argument_group(
         "webhook certificates (without cert-manager: all three of the first flags, or none)"
     )
@@ -217,6 +218,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         resync_seconds=args.resync,
         pull_secret_namespaces=tuple(args.pull_secret_namespaces),
         builder_layers=args.builder_layers,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -345,11 +348,7 @@ def main(argv: list[str]) -> int:
     if args.leader_elect and (problem := lease_config(args, args.namespace).problem()):
         print(f"imagecache controller: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import sys
 
 from aiohttp import web
 
+from webhook import logs
 from webhook.core.imageref import DOCKER_HUB, InvalidReference
 from webhook.core.mirror_disks import KUBELET_CSI_GLOB
 from webhook.core.mirror_hosts import HostsConfigError, parse_hostport
@@ -36,7 +37,7 @@ class UsageError(Exception):
     """A flag value that cannot work; the message names the flag and the fix."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache mirror",
         description="Node mirror: serve images from cache disks mounted on this node to "
@@ -66,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also answer manifests by tag from the disks (default: by digest "
                        "only, the registry resolves tags); only for node pools where every "
                        "pod opts in")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    logs.add_flags(serve, level_help="info: one line per manifest, blob or tags request "
+                   "and per disk found or gone; debug: also /v2/ probes and other requests")
 
     conf = sub.add_parser("configure", help="write containerd hosts.toml files for the mirror")
     conf.add_argument("--config-path", default="/etc/containerd/certs.d",
@@ -175,16 +176,13 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["serve", *argv]
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command == "configure":
             return run_configure(args)
-        logging.basicConfig(
-            level=args.log_level.upper(), stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logs.setup(args.log_level, args.log_format)
         return asyncio.run(serve(args))
     except (UsageError, HostsConfigError) as exc:
         print(f"imagecache mirror: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from webhook.core.caches import CacheIndex
 from webhook.core.review import MAX_BODY_BYTES, review
-from webhook.server.logs import log
+from webhook.logs import log
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 
 JSON = "application/json"
