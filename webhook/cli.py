@@ -28,6 +28,7 @@ from webhook.core.explain import (
     pod_from_manifest,
 )
 from webhook.core.names import GROUP, NAMESPACE_AUTO_LABEL, PLURAL, VERSION
+from webhook.flags import HelpFormatter
 from webhook.kube.client import ClusterConfigError
 
 PROG = "imagecache"
@@ -49,7 +50,6 @@ EXIT_USAGE = 2
 EXIT_CLUSTER = 1
 DEFAULT_CACHES = "default"
 EMBEDDED = "data/default-caches.yaml"  # in the webhook package
-FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 
 def version() -> str:
@@ -115,7 +115,7 @@ async def _read_cluster(kubeconfig: str | None, namespace: str) -> tuple[list[An
 def explain_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} explain",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Print the cache decision for a pod (or a workload's pod template), the "
         "rejected candidates and why, and the patch the webhook would send: the webhook's own "
         "decision function on the caches of --caches FILE, of the cluster (--cluster), or, "

@@ -19,6 +19,7 @@ from webhook.core.build_result import encode_build_error, encode_build_result
 from webhook.core.imageref import InvalidReference, parse
 from webhook.core.registry_auth import Credential, InvalidDockerConfig, parse_docker_config
 from webhook.core.registry_manifest import Platform
+from webhook.flags import HelpFormatter
 
 log = logging.getLogger("imagecache.builder")
 
@@ -31,6 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="imagecache build",
+        formatter_class=HelpFormatter,
         description="Pull a cache's images into an OCI image layout on the cache disk.",
     )
     p.add_argument("--name", required=True, help="the ImageCache's name")
@@ -46,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="reach this registry over plain HTTP or TLS without verification")
     p.add_argument("--ca-file", type=Path, metavar="PATH",
-                   help="PEM bundle of extra CAs to trust for registries")
+                   help="PEM bundle of extra CAs to trust for registries (default: none, the "
+                   "system's CAs only)")
     p.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
                    metavar="PATH", help="where to write the result for the controller")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",

@@ -23,6 +23,7 @@ from webhook.controller.metrics import Metrics, health_app
 from webhook.controller.ownership import read_owner
 from webhook.core.names import DECISION
 from webhook.core.reconcile_model import Settings
+from webhook.flags import HelpFormatter
 from webhook.kube.client import Kube
 
 log = logging.getLogger("imagecache.controller")
@@ -55,6 +56,7 @@ def _listen(text: str) -> tuple[str, int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagecache controller",
+        formatter_class=HelpFormatter,
         description="Build ImageCaches into VolumeSnapshots, copy them to namespaces, expire "
         "them, and report cache decisions on pods. See docs/controller.md.",
     )
@@ -77,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
         "--builder-cpu-limit", default="2", help="builder CPU limit (default 2; '' for none)"
     )
     p.add_argument("--builder-memory", default="4Gi", help="builder memory (default 4Gi)")
-    p.add_argument("--builder-service-account", help="service account of the builder pods")
+    p.add_argument("--builder-service-account",
+                   help="service account of the builder pods (default: the namespace's default)")
     p.add_argument("--builder-layers", action="store_true",
                    help="builds unpack layers under /layers/ for the node snapshotter (the "
                         "build Job then runs as root with the unpacking capabilities)")
@@ -115,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
         "default: only --namespace). Must match the RBAC that lets the controller get them",
     )
     p.add_argument(
-        "--cache-selector", help="label selector: reconcile only the ImageCaches it selects"
+        "--cache-selector",
+        help="label selector: reconcile only the ImageCaches it selects (default: all)"
     )
     p.add_argument(
         "--pod-selector",
@@ -128,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status-batch", type=float, default=10.0, help="seconds between lastMatchedTime writes"
     )
-    p.add_argument("--watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
+    p.add_argument("--watch-timeout", type=_positive, default=300, metavar="SECONDS",
+                   help="how long each watch request lasts before it is made again")
     p.add_argument(
         "--listen",
         type=_listen,
@@ -141,12 +146,14 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="elect one active controller on a Lease (default on)",
     )
-    p.add_argument("--lease-name", default="imagecache-controller")
+    p.add_argument("--lease-name", default="imagecache-controller", metavar="NAME",
+                   help="the Lease (in --namespace) the candidates elect a leader on")
     p.add_argument(
         "--owner-deployment",
         metavar="NAME",
         help="the controller's Deployment (in --namespace): it owns the TLS Secret and the "
-        "Lease the controller creates, so deleting it removes them (needs get on deployments)",
+        "Lease the controller creates, so deleting it removes them (needs get on deployments; "
+        "default: none, they are left behind)",
     )
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
     p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
@@ -161,10 +168,14 @@ def parser() -> argparse.ArgumentParser:
         "webhook certificates (without cert-manager: all three of the first flags, or none)"
     )
     certs.add_argument(
-        "--webhook-configuration", help="MutatingWebhookConfiguration whose caBundle to keep"
+        "--webhook-configuration",
+        help="MutatingWebhookConfiguration whose caBundle to keep (default: none, "
+        "certificates are someone else's, e.g. cert-manager's)",
     )
-    certs.add_argument("--webhook-secret", help="Secret (in --namespace) for the CA and cert")
-    certs.add_argument("--webhook-service", help="Service the certificate is issued for")
+    certs.add_argument("--webhook-secret",
+                       help="Secret (in --namespace) for the CA and cert (default: none)")
+    certs.add_argument("--webhook-service",
+                       help="Service the certificate is issued for (default: none)")
     certs.add_argument("--webhook-ca-days", type=_positive, default=3650, help="default 3650")
     certs.add_argument("--webhook-cert-days", type=_positive, default=365, help="default 365")
     certs.add_argument(

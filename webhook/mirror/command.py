@@ -20,6 +20,7 @@ from webhook.core.imageref import DOCKER_HUB, InvalidReference
 from webhook.core.mirror_disks import KUBELET_CSI_GLOB
 from webhook.core.mirror_hosts import HostsConfigError, parse_hostport
 from webhook.core.mirror_routes import normalize_registry
+from webhook.flags import HelpFormatter
 from webhook.mirror.configure import configure
 from webhook.mirror.disks import DiskWatcher
 from webhook.mirror.metrics import MirrorMetrics
@@ -40,11 +41,17 @@ class UsageError(Exception):
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache mirror",
+        formatter_class=HelpFormatter,
         description="Node mirror: serve images from cache disks mounted on this node to "
         "containerd (serve, the default), or point containerd at it (configure).",
     )
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the read-only OCI registry (default)")
+    serve = sub.add_parser(
+        "serve", help="run the read-only OCI registry (default)", formatter_class=HelpFormatter,
+        description="Serve manifests (by digest) and blobs from the cache disks mounted on this "
+        "node, as a read-only OCI registry that containerd asks first (hosts.toml); anything "
+        "else is a 404, so containerd falls back to the registry. /metrics for Prometheus.",
+    )
     serve.add_argument("--listen", default=DEFAULT_LISTEN,
                        help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN}; port 0 picks one)")
     serve.add_argument("--metrics-listen", default="",
@@ -70,7 +77,13 @@ def parser() -> argparse.ArgumentParser:
     logs.add_flags(serve, level_help="info: one line per manifest, blob or tags request "
                    "and per disk found or gone; debug: also /v2/ probes and other requests")
 
-    conf = sub.add_parser("configure", help="write containerd hosts.toml files for the mirror")
+    conf = sub.add_parser(
+        "configure", help="write containerd hosts.toml files for the mirror",
+        formatter_class=HelpFormatter,
+        description="Write a hosts.toml per registry under containerd's config_path so that "
+        "containerd asks the mirror first and the registry after it; prints each file and "
+        "whether it changed. containerd reads the files on each pull (no restart).",
+    )
     conf.add_argument("--config-path", default="/etc/containerd/certs.d",
                       help="containerd's registry config_path (default /etc/containerd/certs.d)")
     conf.add_argument("--registry", action="append", dest="registries", required=True,

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from webhook import logs
+from webhook.flags import HelpFormatter
 from webhook.server.cache_file import DEFAULT, CacheFileError
 from webhook.server.cluster import ClusterConfigError
 from webhook.server.runtime import Options, Webhook
@@ -58,6 +59,7 @@ def _seconds(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache serve",
+        formatter_class=HelpFormatter,
         description="Serve the admission webhook over HTTPS: POST /mutate, POST /mutate/auto "
         "(namespaces labelled for auto), GET /healthz, /readyz, /metrics.",
     )

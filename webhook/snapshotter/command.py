@@ -16,6 +16,7 @@ from concurrent import futures
 from pathlib import Path
 
 from webhook import logs
+from webhook.flags import HelpFormatter
 
 DEFAULT_SOCKET = "/run/imagecache/snapshotter.sock"
 DEFAULT_ROOT = "/var/lib/imagecache/snapshotter"
@@ -33,12 +34,18 @@ class UsageError(Exception):
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache snapshotter",
+        formatter_class=HelpFormatter,
         description="Node snapshotter: a containerd proxy snapshotter that starts cached "
         "images from the cache disks' unpacked layers (serve), or configure containerd to "
         "use it (configure).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy snapshotter")
+    serve = sub.add_parser(
+        "serve", help="run the proxy snapshotter", formatter_class=HelpFormatter,
+        description="Run the containerd proxy snapshotter on a unix socket: ordinary overlay "
+        "snapshots, and layers taken ready-unpacked from the cache disks mounted on this node "
+        "(neither downloaded nor unpacked). See docs/snapshotter.md.",
+    )
     serve.add_argument("--socket", default=DEFAULT_SOCKET,
                        help=f"unix socket containerd dials (default {DEFAULT_SOCKET})")
     serve.add_argument("--root", default=DEFAULT_ROOT,
@@ -64,7 +71,13 @@ def parser() -> argparse.ArgumentParser:
                        "'' : neither)")
     logs.add_flags(serve, level_help="info: startup, layers taken from cache disks, copies "
                    "and removed images; debug: also one line per gRPC call with its duration")
-    conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
+    conf = sub.add_parser(
+        "configure", help="point containerd's CRI plugin at the snapshotter",
+        formatter_class=HelpFormatter,
+        description="Add [proxy_plugins.imagecache] to containerd's configuration and set the "
+        "CRI plugin's snapshotter, keeping everything else in the file; prints whether "
+        "containerd must be restarted. Roll back with --snapshotter overlayfs.",
+    )
     conf.add_argument("--containerd-config", default=DEFAULT_CONTAINERD_CONFIG,
                       help=f"containerd's main config file (default "
                       f"{DEFAULT_CONTAINERD_CONFIG})")
