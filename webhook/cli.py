@@ -24,7 +24,7 @@ from webhook.core.explain import (
     EXIT_MISS,
     EXIT_NO_DECISION,
     EXIT_UNAVAILABLE,
-    explanation,
+    explain,
     pod_from_manifest,
 )
 from webhook.core.names import GROUP, NAMESPACE_AUTO_LABEL, PLURAL, VERSION
@@ -192,8 +192,8 @@ def explain_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"{PROG} explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = explanation(pod, index, namespace=namespace, now=datetime.now(UTC),
-                         namespace_auto=namespace_auto, source=source)  # fmt: skip
+    result = explain(pod, index, namespace=namespace, now=datetime.now(UTC),
+                     namespace_auto=namespace_auto, source=source)  # fmt: skip
     sys.stdout.write(result.text)
     return result.exit_code
 

@@ -81,20 +81,6 @@ def explain(
     now: datetime,
     namespace_auto: bool = False,
     source: str = "",
-) -> str:
-    """Explain what the webhook would do with `pod` given the caches in `index`."""
-    return explanation(pod, index, namespace=namespace, now=now, namespace_auto=namespace_auto,
-                       source=source).text  # fmt: skip
-
-
-def explanation(
-    pod: Mapping[str, Any],
-    index: CacheIndex,
-    *,
-    namespace: str,
-    now: datetime,
-    namespace_auto: bool = False,
-    source: str = "",
 ) -> Explanation:
     """The text, the outcome and the denial of what the webhook would do with `pod` given the
     caches in `index`; `source` says where those came from."""
