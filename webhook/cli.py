@@ -29,7 +29,6 @@ from webhook.core.explain import (
 )
 from webhook.core.names import GROUP, NAMESPACE_AUTO_LABEL, PLURAL, VERSION
 from webhook.flags import HelpFormatter
-from webhook.kube.client import ClusterConfigError
 
 PROG = "imagecache"
 DISTRIBUTION = "imagecache"
@@ -95,7 +94,7 @@ def kubeconfig_problem(kubeconfig: str | None, env: dict[str, str], home: Path) 
 
 
 async def _read_cluster(kubeconfig: str | None, namespace: str) -> tuple[list[Any], bool, str]:
-    from webhook.kube.client import NAMESPACE, ApiError, Kube, Resource
+    from webhook.kube.client import NAMESPACE, ApiError, ClusterConfigError, Kube, Resource
 
     kube = await Kube.connect(kubeconfig)
     where = kube.host
@@ -176,6 +175,9 @@ def explain_main(argv: list[str]) -> int:
         print(f"{PROG} explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.cluster:
+        # Here, not at the top: the cluster client (aiohttp) is most of the start-up time.
+        from webhook.kube.client import ClusterConfigError
+
         problem = kubeconfig_problem(args.kubeconfig, dict(os.environ), Path.home())
         if problem is not None:
             print(f"{PROG} explain: {problem}", file=sys.stderr)
