@@ -106,6 +106,15 @@ def test_no_kubeconfig_is_one_clear_message(tmp_path: Path, extra: list[str]) ->
         assert str(tmp_path / ".kube" / "config") in lines[0]
 
 
+def test_a_kubeconfig_variable_naming_no_file_is_said(tmp_path: Path) -> None:
+    env = {**_no_kube_env(tmp_path), "KUBECONFIG": str(tmp_path / "gone.conf")}
+    done = run_cli("explain", "--cluster", str(EXAMPLES / "pod-hit.yaml"), env=env)
+    assert done.returncode == 1
+    assert done.stderr == (f"imagecache explain: no kubeconfig found (KUBECONFIG="
+                           f"{tmp_path / 'gone.conf'}, not in a pod): pass --kubeconfig FILE, "
+                           "or explain against caches from a file: --caches FILE\n")
+
+
 def test_an_unreachable_cluster_is_one_clear_message(tmp_path: Path) -> None:
     config = tmp_path / "kubeconfig"
     config.write_text(json.dumps({
