@@ -21,9 +21,9 @@ DEFAULT_DAYS = 365
 DEFAULT_CA_DAYS = 3650
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="imagecache certs", description="Certificates for the admission webhook."
+        prog="imagecache certs", description="Certificates for the admission webhook.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate = commands.add_parser(
@@ -32,22 +32,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a CA (kept if DIR already holds one) and a serving certificate "
         "for the given DNS names and IP addresses.",
     )
-    generate.add_argument("--out", required=True, type=Path, metavar="DIR")
+    generate.add_argument("--out", required=True, type=Path, metavar="DIR",
+                          help="directory for ca.crt, ca.key, tls.crt, tls.key (created if "
+                          "missing; a CA already there is kept)")
     generate.add_argument(
         "--dns", action="extend", nargs="+", default=[], metavar="NAME",
-        help="DNS name clients dial (repeatable), e.g. imagecache-webhook.imagecache.svc",
+        help="DNS name clients dial (repeatable), e.g. imagecache-webhook.imagecache.svc "
+        "(default: none; give --dns or --ip)",
     )  # fmt: skip
     generate.add_argument(
         "--ip", action="extend", nargs="+", default=[], metavar="IP",
-        help="IP address clients dial (repeatable), e.g. 127.0.0.1",
+        help="IP address clients dial (repeatable), e.g. 127.0.0.1 (default: none)",
     )  # fmt: skip
     generate.add_argument(
         "--days", type=int, default=DEFAULT_DAYS,
-        help=f"serving certificate validity (default {DEFAULT_DAYS})",
+        help="serving certificate validity in days (default: %(default)s)",
     )  # fmt: skip
     generate.add_argument(
         "--ca-days", type=int, default=DEFAULT_CA_DAYS,
-        help=f"validity of a new CA (default {DEFAULT_CA_DAYS}; ignored when the CA is reused)",
+        help="validity of a new CA in days (default: %(default)s; ignored when the CA is reused)",
     )  # fmt: skip
     return parser
 
@@ -82,7 +85,7 @@ def generate(out: Path, dns: list[str], ips: list[str], days: int, ca_days: int)
 def main(argv: list[str]) -> int:
     """Entry point; `argv` is what follows `imagecache certs`."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else 2
     try:

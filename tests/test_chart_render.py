@@ -429,6 +429,7 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
         "--metrics-listen", "127.0.0.1:5006",
         "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",
+        "--log-format", "json",
     ]  # fmt: skip
     assert snap["securityContext"]["privileged"] is True
     mounts = {m["name"]: m for m in snap["volumeMounts"]}
@@ -486,10 +487,10 @@ def _parsers() -> dict[str, Callable[[list[str]], tuple[Any, list[str]]]]:
     from webhook.snapshotter import command as snapshotter
 
     return {
-        "snapshotter": lambda a: (snapshotter._parser().parse_args(a), []),
-        "serve": lambda a: (server._parser().parse_args(a), []),
+        "snapshotter": lambda a: (snapshotter.parser().parse_args(a), []),
+        "serve": lambda a: (server.parser().parse_args(a), []),
         "controller": lambda a: (controller.parser().parse_args(a), []),
-        "mirror": lambda a: (mirror._parser().parse_args(a), []),
+        "mirror": lambda a: (mirror.parser().parse_args(a), []),
     }
 
 
@@ -510,7 +511,7 @@ def test_rendered_arguments_parse_with_the_real_command_line(option: str) -> Non
                 assert parsed.builder_service_account == f"{FULL}-builder"
                 assert parsed.leader_elect is True
                 assert parsed.lease_name == f"{FULL}-controller"
-                assert parsed.log_level == "INFO"
+                assert (parsed.log_level, parsed.log_format) == ("info", "json")
             if command == "serve":
                 assert parsed.caches_from_cluster is True
                 assert str(parsed.tls_cert) == "/certs/tls.crt"
@@ -545,7 +546,7 @@ def test_controller_arguments_carry_the_builder_and_certificate_settings() -> No
     assert (parsed.build_deadline, parsed.backoff_limit) == (900, 2)
     assert parsed.cache_selector == "tier=web"
     assert parsed.lease_name == "my-lease"
-    assert parsed.log_level == "DEBUG"
+    assert parsed.log_level == "debug"
     assert (parsed.webhook_configuration, parsed.webhook_secret, parsed.webhook_service) == (
         FULL,
         f"{FULL}-webhook-tls",
@@ -901,3 +902,41 @@ def test_chart_metadata() -> None:
     assert Path(CHART / "templates" / "tests" / "test-decision.yaml").exists()
     error = render_error({}, kube_version="1.19.9")
     assert "1.19.9" in error and ">=1.20.0-0" in error
+
+
+def test_log_level_and_format_are_one_value_each_for_every_part() -> None:
+    """Issue 13.2: logLevel and logFormat reach the webhook, the controller, the node mirror
+    and snapshotter, and through the controller's settings the builder Jobs it creates."""
+    from webhook.builder.command import parser as builder_parser
+    from webhook.controller.command import settings_from
+    from webhook.controller.core.manifests_build import BuildInputs, builder_job, sizer_job
+    from webhook.controller.core.reconcile_model import Cache
+
+    values = {"mirror": {"enabled": True}, "snapshotter": {"enabled": True},
+              "logLevel": "warning", "logFormat": "text"}  # fmt: skip
+    parsers, seen = _parsers(), []
+    controller_args = None
+    for doc in render(values):
+        if doc["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        for c in pod_spec(doc)["containers"]:
+            command, *rest = c["args"]
+            parsed, _ = parsers[command](rest)
+            assert (parsed.log_level, parsed.log_format) == ("warning", "text"), c["name"]
+            seen.append(command)
+            if command == "controller":
+                controller_args = parsed
+    assert sorted(seen) == ["controller", "mirror", "serve", "snapshotter"]
+    assert controller_args is not None
+    settings = settings_from(controller_args)
+    cache_ = Cache(name="web", uid="u", generation=1, deleting=False, finalizers=(),
+                   annotations={}, spec={}, status={})  # fmt: skip
+    inputs = BuildInputs(bid="b", images=("nginx",), platforms=("linux/amd64",),
+                         insecure_registries=(), pull_secrets=(), storage_class=None,
+                         snapshot_class=None, size_gib=None, serve_credentialed=False)  # fmt: skip
+    for make in (builder_job, sizer_job):
+        args = pod_spec(make(cache_, settings, inputs))["containers"][0]["args"]
+        assert args[0] == "build"
+        parsed = builder_parser().parse_args(args[1:])
+        assert (parsed.log_level, parsed.log_format) == ("warning", "text"), make.__name__
+    assert "logFormat" in render_error({"logFormat": "yaml"})

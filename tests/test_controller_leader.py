@@ -25,7 +25,7 @@ from envtest import ControlPlane, second_apiserver
 
 pytestmark = pytest.mark.envtest
 
-LINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+LINE_TIME = re.compile(r'^\{"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"')  # JSON lines
 
 
 def _assets() -> Path:
@@ -41,7 +41,8 @@ def _lines(process: ControllerProcess, needle: str) -> list[tuple[float, str]]:
     for line in process.log.read_text(errors="replace").splitlines():
         stamp = LINE_TIME.match(line)
         if stamp and needle in line:
-            when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            when = datetime.strptime(stamp.group(1) + "+0000",
+                                     "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
             found.append((when, line))
     return found
 

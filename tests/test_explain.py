@@ -30,7 +30,7 @@ def test_explains_choice_rejections_and_patch() -> None:
         index,
         namespace="default",
         now=NOW,
-    )
+    ).text
     assert "Decision: hit: ImageCache 'small' holds every image" in text
     assert "big: usable, but 'small' comes first" in text
     assert "building: phase is Creating, not Ready" in text
@@ -40,19 +40,19 @@ def test_explains_choice_rejections_and_patch() -> None:
 def test_explains_pinning_waiting_and_mirror_pods() -> None:
     index = CacheIndex.from_objects([cache("web", ["nginx:1.25"], digests={}, copies=["default"])])
     auto = {"imagecache.dev/use-image-cache": "auto"}
-    text = explain(pod(["nginx:1.25"], annotations=auto), index, namespace="default", now=NOW)
+    text = explain(pod(["nginx:1.25"], annotations=auto), index, namespace="default", now=NOW).text
     assert "Pinned (the image the disk holds" in text
     assert "  c0: nginx:1.25  ->  nginx:1.25@sha256:" in text
     assert '"op": "replace"' in text and "snapshot imagecache-web in namespace default" in text
     off = explain(pod(["nginx:1.25"], annotations={**auto, "imagecache.dev/pin": "false"}),
-                  index, namespace="default", now=NOW)  # fmt: skip
+                  index, namespace="default", now=NOW).text  # fmt: skip
     assert "Pinning: off" in off and '"op": "replace"' not in off
-    waiting = explain(pod(["nginx:1.25"], annotations=auto), index, namespace="shop", now=NOW)
+    waiting = explain(pod(["nginx:1.25"], annotations=auto), index, namespace="shop", now=NOW).text
     assert "Decision: unavailable: no ready copy in namespace shop yet" in waiting
     assert "Waiting for: ImageCache web's copy in namespace shop" in waiting
     assert "web: no ready copy in namespace shop yet" in waiting
     mirror = pod(["nginx:1.25"], annotations={**auto, "kubernetes.io/config.mirror": "x"})
-    text = explain(mirror, index, namespace="default", now=NOW)
+    text = explain(mirror, index, namespace="default", now=NOW).text
     assert "Decision: none: a mirror pod" in text and "Patch: none" in text
 
 
@@ -62,7 +62,7 @@ def test_explains_a_miss_and_an_invalid_image() -> None:
         CacheIndex(),
         namespace="default",
         now=NOW,
-    )
+    ).text
     assert "invalid: repository name must be lowercase" in text
     assert "Decision: miss" in text and "Patch:" in text
 

@@ -90,7 +90,7 @@ def by_review(obj: dict[str, Any], namespace: str, auto: bool) -> tuple[Any, ...
 
 
 def by_explain(obj: dict[str, Any], namespace: str, auto: bool) -> tuple[Any, ...]:
-    text = explain(obj, INDEX, namespace=namespace, now=NOW, namespace_auto=auto)
+    text = explain(obj, INDEX, namespace=namespace, now=NOW, namespace_auto=auto).text
     line = next(x for x in text.splitlines() if x.startswith("Decision: "))
     decision: str | None = line.removeprefix("Decision: ").split(":", 1)[0]
     if decision == "none":

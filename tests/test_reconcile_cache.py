@@ -259,7 +259,8 @@ def test_build_job_and_disk_follow_the_spec() -> None:
     args = created["Job"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["build", "--name", NAME, "--image", "nginx", "--image", "ghcr.io/o/a:1",
                     "--output", "/cache", "--platform", "linux/arm64",
-                    "--termination-log", "/dev/termination-log"]  # fmt: skip
+                    "--termination-log", "/dev/termination-log",
+                    "--log-level", "info", "--log-format", "json"]  # fmt: skip
 
 
 def test_sized_build_uses_the_measured_size() -> None:

@@ -30,8 +30,8 @@ from server_fixtures import (
     wait_for,
 )
 
+from webhook.logs import JsonFormatter, log
 from webhook.server.core.review import MAX_BODY_BYTES
-from webhook.server.logs import JsonFormatter, log
 from webhook.server.runtime import Webhook
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 
+from webhook import logs
 from webhook.builder.build import BuildOptions, build
 from webhook.builder.core.registry_auth import Credential, InvalidDockerConfig, parse_docker_config
 from webhook.builder.registry_client import RetryPolicy
@@ -19,6 +19,7 @@ from webhook.core.build_errors import EXIT_CODES, BuildFailure, Reason
 from webhook.core.build_result import encode_build_error, encode_build_result
 from webhook.core.imageref import InvalidReference, parse
 from webhook.core.registry_manifest import Platform
+from webhook.flags import HelpFormatter
 
 log = logging.getLogger("imagecache.builder")
 
@@ -28,9 +29,10 @@ class _Parser(argparse.ArgumentParser):
         raise BuildFailure(Reason.INVALID_ARGUMENT, f"imagecache build: {message}")
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="imagecache build",
+        formatter_class=HelpFormatter,
         description="Pull a cache's images into an OCI image layout on the cache disk.",
     )
     p.add_argument("--name", required=True, help="the ImageCache's name")
@@ -46,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="reach this registry over plain HTTP or TLS without verification")
     p.add_argument("--ca-file", type=Path, metavar="PATH",
-                   help="PEM bundle of extra CAs to trust for registries")
+                   help="PEM bundle of extra CAs to trust for registries (default: none, the "
+                   "system's CAs only)")
     p.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
                    metavar="PATH", help="where to write the result for the controller")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
@@ -64,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also unpack every layer under /layers/<chainID hex>/ for the node "
                         "snapshotter (needs root with the unpacking capabilities, "
                         "docs/builder.md); without it a /layers/ of an earlier build is removed")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_flags(p, level_help="info: the plan, each download with its progress, the "
+                   "summary; warning: retries and layers not unpacked; debug: also the "
+                   "traceback of an internal error")
     return p
 
 
@@ -126,21 +131,23 @@ def _write_termination(path: Path | None, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Found first, so that even a bad command line reports through the termination log.
+    # Found first, so that even a bad command line reports through the termination log, in
+    # the log format asked for (a bad --log-level or --log-format: the defaults).
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
-    termination: Path | None = early.parse_known_args(argv)[0].termination_log
+    early.add_argument("--log-level", type=str.lower, default=logs.DEFAULT_LEVEL)
+    early.add_argument("--log-format", type=str.lower, default=logs.DEFAULT_FORMAT)
+    known = early.parse_known_args(argv)[0]
+    termination: Path | None = known.termination_log
+    logs.setup(known.log_level if known.log_level in logs.LEVELS else logs.DEFAULT_LEVEL,
+               known.log_format if known.log_format in logs.FORMATS else logs.DEFAULT_FORMAT,
+               name=log.name)
     try:
         if any(a in ("-h", "--help") for a in argv):
-            _parser().print_help()
+            parser().print_help()
             return 0
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         termination = args.termination_log
-        logging.getLogger().setLevel(args.log_level)
         options = _options(args)
         summary = asyncio.run(build(options))
     except BuildFailure as exc:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from webhook import logs
 from webhook.controller.certificates import CertificateManager, CertSettings
 from webhook.controller.controller import Controller, ControllerError
 from webhook.controller.core.reconcile_model import Settings
@@ -22,6 +23,7 @@ from webhook.controller.leader import LeaderElector, LeaseConfig
 from webhook.controller.metrics import Metrics, health_app
 from webhook.controller.ownership import read_owner
 from webhook.core.names import DECISION
+from webhook.flags import HelpFormatter
 from webhook.kube.client import Kube
 
 log = logging.getLogger("imagecache.controller")
@@ -54,6 +56,7 @@ def _listen(text: str) -> tuple[str, int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imagecache controller",
+        formatter_class=HelpFormatter,
         description="Build ImageCaches into VolumeSnapshots, copy them to namespaces, expire "
         "them, and report cache decisions on pods. See docs/controller.md.",
     )
@@ -76,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
         "--builder-cpu-limit", default="2", help="builder CPU limit (default 2; '' for none)"
     )
     p.add_argument("--builder-memory", default="4Gi", help="builder memory (default 4Gi)")
-    p.add_argument("--builder-service-account", help="service account of the builder pods")
+    p.add_argument("--builder-service-account",
+                   help="service account of the builder pods (default: the namespace's default)")
     p.add_argument("--builder-layers", action="store_true",
                    help="builds unpack layers under /layers/ for the node snapshotter (the "
                         "build Job then runs as root with the unpacking capabilities)")
@@ -114,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
         "default: only --namespace). Must match the RBAC that lets the controller get them",
     )
     p.add_argument(
-        "--cache-selector", help="label selector: reconcile only the ImageCaches it selects"
+        "--cache-selector",
+        help="label selector: reconcile only the ImageCaches it selects (default: all)"
     )
     p.add_argument(
         "--pod-selector",
@@ -127,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status-batch", type=float, default=10.0, help="seconds between lastMatchedTime writes"
     )
-    p.add_argument("--watch-timeout", type=_positive, default=300, help=argparse.SUPPRESS)
+    p.add_argument("--watch-timeout", type=_positive, default=300, metavar="SECONDS",
+                   help="how long each watch request lasts before it is made again")
     p.add_argument(
         "--listen",
         type=_listen,
@@ -140,12 +146,14 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="elect one active controller on a Lease (default on)",
     )
-    p.add_argument("--lease-name", default="imagecache-controller")
+    p.add_argument("--lease-name", default="imagecache-controller", metavar="NAME",
+                   help="the Lease (in --namespace) the candidates elect a leader on")
     p.add_argument(
         "--owner-deployment",
         metavar="NAME",
         help="the controller's Deployment (in --namespace): it owns the TLS Secret and the "
-        "Lease the controller creates, so deleting it removes them (needs get on deployments)",
+        "Lease the controller creates, so deleting it removes them (needs get on deployments; "
+        "default: none, they are left behind)",
     )
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
     p.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
@@ -155,15 +163,19 @@ def parser() -> argparse.ArgumentParser:
         default=env("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}",
         help="this candidate's name in the Lease (default: $POD_NAME or host_pid)",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_flags(p)
     certs = p.add_argument_group(
         "webhook certificates (without cert-manager: all three of the first flags, or none)"
     )
     certs.add_argument(
-        "--webhook-configuration", help="MutatingWebhookConfiguration whose caBundle to keep"
+        "--webhook-configuration",
+        help="MutatingWebhookConfiguration whose caBundle to keep (default: none, "
+        "certificates are someone else's, e.g. cert-manager's)",
     )
-    certs.add_argument("--webhook-secret", help="Secret (in --namespace) for the CA and cert")
-    certs.add_argument("--webhook-service", help="Service the certificate is issued for")
+    certs.add_argument("--webhook-secret",
+                       help="Secret (in --namespace) for the CA and cert (default: none)")
+    certs.add_argument("--webhook-service",
+                       help="Service the certificate is issued for (default: none)")
     certs.add_argument("--webhook-ca-days", type=_positive, default=3650, help="default 3650")
     certs.add_argument("--webhook-cert-days", type=_positive, default=365, help="default 365")
     certs.add_argument(
@@ -217,6 +229,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         resync_seconds=args.resync,
         pull_secret_namespaces=tuple(args.pull_secret_namespaces),
         builder_layers=args.builder_layers,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -345,11 +359,7 @@ def main(argv: list[str]) -> int:
     if args.leader_elect and (problem := lease_config(args, args.namespace).problem()):
         print(f"imagecache controller: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -175,6 +175,11 @@ class Kube:
                 f"{exc}; check the kubeconfig's certificate-authority and client-certificate"
             ) from None
 
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return self._host
+
     async def close(self) -> None:
         await self._session.close()
 

@@ -15,7 +15,9 @@ import sys
 
 from aiohttp import web
 
+from webhook import logs
 from webhook.core.imageref import DOCKER_HUB, InvalidReference
+from webhook.flags import HelpFormatter
 from webhook.mirror.configure import configure
 from webhook.mirror.core.mirror_disks import KUBELET_CSI_GLOB
 from webhook.mirror.core.mirror_hosts import HostsConfigError, parse_hostport
@@ -36,14 +38,20 @@ class UsageError(Exception):
     """A flag value that cannot work; the message names the flag and the fix."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache mirror",
+        formatter_class=HelpFormatter,
         description="Node mirror: serve images from cache disks mounted on this node to "
         "containerd (serve, the default), or point containerd at it (configure).",
     )
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the read-only OCI registry (default)")
+    serve = sub.add_parser(
+        "serve", help="run the read-only OCI registry (default)", formatter_class=HelpFormatter,
+        description="Serve manifests (by digest) and blobs from the cache disks mounted on this "
+        "node, as a read-only OCI registry that containerd asks first (hosts.toml); anything "
+        "else is a 404, so containerd falls back to the registry. /metrics for Prometheus.",
+    )
     serve.add_argument("--listen", default=DEFAULT_LISTEN,
                        help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN}; port 0 picks one)")
     serve.add_argument("--metrics-listen", default="",
@@ -66,10 +74,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="also answer manifests by tag from the disks (default: by digest "
                        "only, the registry resolves tags); only for node pools where every "
                        "pod opts in")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    logs.add_flags(serve, level_help="info: one line per manifest, blob or tags request "
+                   "and per disk found or gone; debug: also /v2/ probes and other requests")
 
-    conf = sub.add_parser("configure", help="write containerd hosts.toml files for the mirror")
+    conf = sub.add_parser(
+        "configure", help="write containerd hosts.toml files for the mirror",
+        formatter_class=HelpFormatter,
+        description="Write a hosts.toml per registry under containerd's config_path so that "
+        "containerd asks the mirror first and the registry after it; prints each file and "
+        "whether it changed. containerd reads the files on each pull (no restart).",
+    )
     conf.add_argument("--config-path", default="/etc/containerd/certs.d",
                       help="containerd's registry config_path (default /etc/containerd/certs.d)")
     conf.add_argument("--registry", action="append", dest="registries", required=True,
@@ -175,16 +189,13 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["serve", *argv]
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command == "configure":
             return run_configure(args)
-        logging.basicConfig(
-            level=args.log_level.upper(), stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logs.setup(args.log_level, args.log_format)
         return asyncio.run(serve(args))
     except (UsageError, HostsConfigError) as exc:
         print(f"imagecache mirror: {exc}", file=sys.stderr)

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from webhook.core.caches import CacheIndex
+from webhook.logs import log
 from webhook.server.core.review import MAX_BODY_BYTES, review
-from webhook.server.logs import log
 from webhook.server.metrics import CONTENT_TYPE, Metrics
 
 JSON = "application/json"

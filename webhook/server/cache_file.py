@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.core.caches import parse_cache_documents
-from webhook.server.logs import log
+from webhook.logs import log
 from webhook.server.polling import poll_forever
 
 DEFAULT = "default"

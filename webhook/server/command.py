@@ -2,7 +2,8 @@
 
     imagecache serve --tls-cert FILE --tls-key FILE [--listen HOST:PORT]
                      [--caches FILE|default | --caches-from-cluster [--kubeconfig FILE]]
-                     [--log-level LEVEL] [--shutdown-delay S] [--shutdown-timeout S]
+                     [--log-level LEVEL] [--log-format json|text]
+                     [--shutdown-delay S] [--shutdown-timeout S]
 
 Exits 0 after SIGTERM/SIGINT once requests in flight are answered; 1 when it cannot start
 (the message says which flag or file to fix).
@@ -18,7 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from webhook.server import logs
+from webhook import logs
+from webhook.flags import HelpFormatter
 from webhook.server.cache_file import DEFAULT, CacheFileError
 from webhook.server.cluster import ClusterConfigError
 from webhook.server.runtime import Options, Webhook
@@ -54,9 +56,10 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache serve",
+        formatter_class=HelpFormatter,
         description="Serve the admission webhook over HTTPS: POST /mutate, POST /mutate/auto "
         "(namespaces labelled for auto), GET /healthz, /readyz, /metrics.",
     )
@@ -76,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kubeconfig", metavar="FILE",
                         help="with the cluster source: kubeconfig (default: in-cluster config, "
                         "then KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info",
-                        help="info logs every cache decision; debug every request (default info)")
+    logs.add_flags(parser, level_help="info: one line per decision that leaves a pod without "
+                   "its cache (mismatch, miss, unavailable, denied) or warns, and each reload; "
+                   "debug: also plain hits and pods that did not opt in; warning: only "
+                   "requests refused as invalid")
     parser.add_argument("--shutdown-delay", type=_seconds, default=0.0, metavar="SECONDS",
                         help="after SIGTERM, answer /readyz 503 but keep serving this long, so "
                         "endpoints drop the pod first (default 0)")
@@ -121,10 +126,10 @@ async def serve(options: Options, logger: logging.Logger) -> int:
 def main(argv: list[str]) -> int:
     """Entry point; `argv` is what follows `imagecache serve`."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed the usage and the error
         return exc.code if isinstance(exc.code, int) else 2
-    logger = logs.setup(args.log_level)
+    logger = logs.setup(args.log_level, args.log_format)
     host, port = args.listen
     options = Options(
         tls_cert=args.tls_cert,

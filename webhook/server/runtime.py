@@ -18,10 +18,10 @@ from aiohttp import web
 
 from webhook.kube.client import Kube
 from webhook.kube.informer import WatchOptions
+from webhook.logs import log
 from webhook.server.app import State, make_app
 from webhook.server.cache_file import CacheFile
 from webhook.server.cluster import watch_caches
-from webhook.server.logs import log
 from webhook.server.metrics import Metrics
 from webhook.server.tls import TlsReloader
 

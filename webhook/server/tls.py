@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from webhook.server.logs import log
+from webhook.logs import log
 from webhook.server.polling import poll_forever
 
 # Forward secrecy only for TLS 1.2 (TLS 1.3 suites are all AEAD with ephemeral keys).

@@ -7,16 +7,16 @@ CRI plugin at it. See docs/snapshotter.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+
+from webhook import logs
+from webhook.flags import HelpFormatter
 
 DEFAULT_SOCKET = "/run/imagecache/snapshotter.sock"
 DEFAULT_ROOT = "/var/lib/imagecache/snapshotter"
@@ -31,34 +31,21 @@ class UsageError(Exception):
     """A flag value that cannot work; the message names the flag and the fix."""
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object per line; fields from `extra={"fields": {...}}`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
-
-
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache snapshotter",
+        formatter_class=HelpFormatter,
         description="Node snapshotter: a containerd proxy snapshotter that starts cached "
         "images from the cache disks' unpacked layers (serve), or configure containerd to "
         "use it (configure).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy snapshotter")
+    serve = sub.add_parser(
+        "serve", help="run the proxy snapshotter", formatter_class=HelpFormatter,
+        description="Run the containerd proxy snapshotter on a unix socket: ordinary overlay "
+        "snapshots, and layers taken ready-unpacked from the cache disks mounted on this node "
+        "(neither downloaded nor unpacked). See docs/snapshotter.md.",
+    )
     serve.add_argument("--socket", default=DEFAULT_SOCKET,
                        help=f"unix socket containerd dials (default {DEFAULT_SOCKET})")
     serve.add_argument("--root", default=DEFAULT_ROOT,
@@ -82,9 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="containerd's socket, to learn a container's pod and to remove "
                        f"images whose layers are gone (default {DEFAULT_CONTAINERD_SOCKET}; "
                        "'' : neither)")
-    serve.add_argument("--log-level", default="INFO", type=str.upper,
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
+    logs.add_flags(serve, level_help="info: startup, layers taken from cache disks, copies "
+                   "and removed images; debug: also one line per gRPC call with its duration")
+    conf = sub.add_parser(
+        "configure", help="point containerd's CRI plugin at the snapshotter",
+        formatter_class=HelpFormatter,
+        description="Add [proxy_plugins.imagecache] to containerd's configuration and set the "
+        "CRI plugin's snapshotter, keeping everything else in the file; prints whether "
+        "containerd must be restarted. Roll back with --snapshotter overlayfs.",
+    )
     conf.add_argument("--containerd-config", default=DEFAULT_CONTAINERD_CONFIG,
                       help=f"containerd's main config file (default "
                       f"{DEFAULT_CONTAINERD_CONFIG})")
@@ -169,10 +162,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=getattr(args, "log_level", "INFO"), handlers=[handler])
+    args = parser().parse_args(argv)
+    logs.setup(getattr(args, "log_level", logs.DEFAULT_LEVEL),
+               getattr(args, "log_format", logs.DEFAULT_FORMAT))
     try:
         if args.command == "serve":
             return serve(args)

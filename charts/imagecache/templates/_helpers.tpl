@@ -137,3 +137,11 @@ path inside its container, so paths it reads or hands on are the node's. */ -}}
 {{- define "imagecache.kubeletDir" -}}
 {{- trimSuffix "/" (default .Values.kubeletDir .Values.mirror.kubeletDir) -}}
 {{- end }}
+
+{{/* --log-level and --log-format, the same for every part (values logLevel, logFormat). */}}
+{{- define "imagecache.logArgs" -}}
+- --log-level
+- {{ .Values.logLevel }}
+- --log-format
+- {{ .Values.logFormat }}
+{{- end }}

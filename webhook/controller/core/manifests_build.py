@@ -105,8 +105,8 @@ def secret_key(index: int) -> str:
     return f"{index}.json"
 
 
-def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool,
-          layers: bool = False) -> list[str]:
+def _args(cache: Cache, inputs: BuildInputs, settings: Settings, output: str,
+          resolve_only: bool, layers: bool = False) -> list[str]:
     args = ["build", "--name", cache.name]
     for image in inputs.images:
         args += ["--image", image]
@@ -118,6 +118,7 @@ def _args(cache: Cache, inputs: BuildInputs, output: str, resolve_only: bool,
     for host in inputs.insecure_registries:
         args += ["--insecure-registry", host]
     args += ["--termination-log", TERMINATION_LOG]
+    args += ["--log-level", settings.log_level, "--log-format", settings.log_format]
     if inputs.serve_credentialed:
         args.append("--serve-credentialed")
     if resolve_only:
@@ -229,7 +230,7 @@ def builder_job(cache: Cache, settings: Settings, inputs: BuildInputs) -> Obj:
             }
         ],
         mounts=[{"name": "cache", "mountPath": CACHE_MOUNT}],
-        args=_args(cache, inputs, CACHE_MOUNT, resolve_only=False,
+        args=_args(cache, inputs, settings, CACHE_MOUNT, resolve_only=False,
                    layers=settings.builder_layers),
     )
 
@@ -244,6 +245,6 @@ def sizer_job(cache: Cache, settings: Settings, inputs: BuildInputs) -> Obj:
         component=rn.SIZER,
         volumes=[],
         mounts=[],
-        args=_args(cache, inputs, f"{TMP_MOUNT}/layout", resolve_only=True,
+        args=_args(cache, inputs, settings, f"{TMP_MOUNT}/layout", resolve_only=True,
                    layers=settings.builder_layers),
     )

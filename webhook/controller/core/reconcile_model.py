@@ -39,6 +39,9 @@ class Settings:
     # Unpack layers under /layers/ for the node snapshotter (issue 11): the builder then runs
     # as root with the capabilities LAYER_CAPABILITIES names (docs/builder.md).
     builder_layers: bool = False
+    # The builder Jobs log as the controller does (its --log-level and --log-format).
+    log_level: str = "info"
+    log_format: str = "json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +48,31 @@ def pod_from_manifest(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": "Pod", "metadata": meta, "spec": dict(template.get("spec") or {})}
 
 
+# `imagecache explain`'s exit status, so scripts can act on the decision (docs/webhook.md).
+# A denial wins over the outcome it comes with; 1 and 2 are the command's own errors.
+EXIT_HIT = 0
+EXIT_MISMATCH = 3
+EXIT_MISS = 4
+EXIT_UNAVAILABLE = 5
+EXIT_DENIED = 6
+EXIT_NO_DECISION = 7  # not opted in, or skipped (mirror pod, decided already, ...)
+EXIT_CODES = {"hit": EXIT_HIT, "mismatch": EXIT_MISMATCH, "miss": EXIT_MISS,
+              "unavailable": EXIT_UNAVAILABLE}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    text: str
+    outcome: str | None  # hit, mismatch, miss, unavailable; None: no decision
+    denied: bool
+
+    @property
+    def exit_code(self) -> int:
+        if self.denied:
+            return EXIT_DENIED
+        return EXIT_CODES.get(self.outcome or "", EXIT_NO_DECISION)
+
+
 def explain(
     pod: Mapping[str, Any],
     index: CacheIndex,
@@ -54,15 +80,14 @@ def explain(
     namespace: str,
     now: datetime,
     namespace_auto: bool = False,
-) -> str:
-    """Explain what the webhook would do with `pod` given the caches in `index`."""
+    source: str = "",
+) -> Explanation:
+    """The text, the outcome and the denial of what the webhook would do with `pod` given the
+    caches in `index`; `source` says where those came from."""
     facts = read_pod(pod, "the pod")
     name = pod_name(pod)
-    lines = [
-        f"Pod {name or '(unnamed)'} "
-        f"in namespace {namespace}; {len(index)} ImageCache(s) known",
-        "Images:",
-    ]
+    known = f"{len(index)} ImageCache(s) " + (f"from {source}" if source else "known")
+    lines = [f"Pod {name or '(unnamed)'} in namespace {namespace}; {known}", "Images:"]
     for image in facts.images:
         try:
             lines.append(f"  {image}  ->  {parse(image).match_key}")
@@ -73,7 +98,7 @@ def explain(
     if decision is None:
         lines.append(f"Decision: none: {admitted.skipped}")
         lines.append("Patch: none")
-        return "\n".join(lines) + "\n"
+        return Explanation("\n".join(lines) + "\n", None, False)
     request = decision.request
     if request.mode is None:
         lines.append("Request: none (no opt-in annotation, namespace not labelled auto)")
@@ -111,11 +136,11 @@ def explain(
     lines += [f"Warning: {w}" for w in decision.warnings]
     if admitted.denied:
         lines.append(f"The pod would be DENIED: {admitted.denied}")
-        return "\n".join(lines) + "\n"
+        return Explanation("\n".join(lines) + "\n", decision.outcome, True)
     lines.append("Patch:" if admitted.ops else "Patch: none")
     if admitted.ops:
         lines.append(json.dumps(admitted.ops, indent=2))
-    return "\n".join(lines) + "\n"
+    return Explanation("\n".join(lines) + "\n", decision.outcome, False)
 
 
 def _pinning(facts: PodFacts, cache: CacheView, request: Request) -> list[str]:
