@@ -8,6 +8,11 @@ StartContainer), five ways, interleaved in one run (issue 11.5):
   e  the snapshotter, the image on no disk (its overhead for uncached images; compare to a)
 
     .venv/bin/python bench/snapshotter_bench.py [--layers 4 --layer-mib 132 --rounds 3]
+    .venv/bin/python bench/snapshotter_bench.py --modes a,e --rounds 15   # e's overhead
+
+With two modes, each round runs both, in alternating order (a e, then e a, ...), so that a
+drift of the machine's load weighs on both alike; the report then gives the per-round ratio
+(second mode / first), its median and spread, and the load average around each round.
 
 The image is made of real files (this machine's /usr, as a distro image holds them), gzip
 level 6, pushed to docker-registry; the cache disk is written by the real builder (OCI
@@ -51,6 +56,8 @@ from webhook.mirror.configure import configure  # noqa: E402
 
 SLEEP = ["/bin/busybox", "sleep", "3600"]
 POD_UID = "pod-bench"
+# The bench has no apiserver to prove the disk's origin: it trusts its own disk.
+DISK_ORIGIN = ("--disk-origin", "any")
 SOURCES = ("/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/sbin", "/usr/include")
 MAX_FILE = 4 << 20  # a distro's files: many small ones, no single huge blob
 
@@ -138,13 +145,30 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def paired_report(modes: str, samples: dict[str, list[float]], loads: list[float]) -> str:
+    """Per round: second mode / first (both ran back to back); median, quartiles, range."""
+    first, second = modes[0], modes[1]
+    ratios = [b / a for a, b in zip(samples[first], samples[second], strict=False) if a > 0]
+    if not ratios:
+        return ""
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return (f"\n{second}/{first} per round: " + " ".join(f"{r:.3f}" for r in ratios)
+            + f"\n{second}/{first} paired median {statistics.median(ratios):.3f}, quartiles "
+            f"{quartiles[0]:.3f}-{quartiles[2]:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}"
+            f" ({len(ratios)} rounds)\n{first} alone: median "
+            f"{statistics.median(samples[first]):.2f}s, stdev "
+            f"{statistics.pstdev(samples[first]):.2f}s; load average (1 min) "
+            f"{min(loads):.1f}-{max(loads):.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--layer-mib", type=int, default=132)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/snap-bench-layers"))
-    parser.add_argument("--modes", default="abcde", help="which of a-e to run (default all)")
+    parser.add_argument("--modes", default="abcde",
+                        help="which of a-e to run, e.g. abcde or a,e (default all)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep-logs", type=Path,
                         help="copy each c/e run's snapshotter log here (with --log-level debug: "
@@ -152,12 +176,18 @@ def main() -> int:
     parser.add_argument("--snapshotter-arg", action="append", default=[],
                         help="extra argument for `snapshotter serve`, e.g. --log-level=debug")
     args = parser.parse_args()
+    modes = args.modes.replace(",", "")
+    if not modes or set(modes) - set("abcde") or len(set(modes)) != len(modes):
+        print(f"--modes {args.modes!r}: give distinct letters of a-e, e.g. a,e",
+              file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("needs root (containerd, overlay mounts)", file=sys.stderr)
         return 2
     samples: dict[str, list[float]] = {m: [] for m in "abcde"}
     pulls: dict[str, list[float]] = {m: [] for m in "abcde"}
     rss: list[int] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="snap-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
         layers = real_file_layers(args.layers, args.layer_mib, args.cache)
@@ -181,12 +211,14 @@ def main() -> int:
             pods = work / "pods"
             disk = kubelet_mount(pods, POD_UID, "pvc-bench")
             disk.mkdir(parents=True)
-            started = time.monotonic()
-            code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
-                                       "--insecure-registry", registry.host, "--layers")
-            if code != 0:
-                raise RuntimeError(f"build failed: {result}")
-            print(f"cache disk built in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            if set(modes) & set("bc"):  # only they read the cache disk
+                started = time.monotonic()
+                code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
+                                           "--insecure-registry", registry.host, "--layers")
+                if code != 0:
+                    raise RuntimeError(f"build failed: {result}")
+                print(f"cache disk built in {time.monotonic() - started:.1f}s",
+                      file=sys.stderr)
             direct = work / "certs-direct"
             plain_http_hosts(direct, registry.host)
             mirror = MirrorProcess(pods, work / "mirror.log")
@@ -196,8 +228,12 @@ def main() -> int:
             nodisk.mkdir()
             try:
                 for round_ in range(args.rounds):
-                    for mode in args.modes:
-                        print(f"round {round_ + 1}/{args.rounds} mode {mode}", file=sys.stderr)
+                    loads.append(os.getloadavg()[0])
+                    # Two modes alternate their order: a slow drift weighs on both alike.
+                    order = modes[::-1] if len(modes) == 2 and round_ % 2 else modes
+                    for mode in order:
+                        print(f"round {round_ + 1}/{args.rounds} mode {mode} "
+                              f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
                         run = work / f"run-{mode}-{round_}"
                         socket = run / "snap.sock"
                         run.mkdir()
@@ -209,7 +245,7 @@ def main() -> int:
                                                       # the run's containerd (Mounts asks it)
                                                       "--containerd-socket",
                                                       str(run / "ctd" / "containerd.sock"),
-                                                      *args.snapshotter_arg)
+                                                      *DISK_ORIGIN, *args.snapshotter_arg)
                         try:
                             pull, start = start_once(
                                 run / "ctd", via_mirror if mode == "b" else direct, socket,
@@ -228,6 +264,7 @@ def main() -> int:
                         samples[mode].append(pull + start)
                         pulls[mode].append(pull)
                         print(f"  {pull + start:.3f}s (pull {pull:.3f}s)", file=sys.stderr)
+                loads.append(os.getloadavg()[0])
             finally:
                 mirror.stop()
     med = {m: statistics.median(v) for m, v in samples.items() if v}
@@ -246,11 +283,13 @@ def main() -> int:
               f"{statistics.median(pulls[mode]):.3f} | {versus} |")
     if "c" in med and "d" in med:
         print(f"\nc vs d: {med['c'] / med['d']:.2f}x")
+    if len(modes) == 2:
+        print(paired_report(modes, samples, loads))
     if rss:
         print(f"snapshotter peak RSS: {max(rss) / 1024:.1f} MiB")
     if args.json:
-        args.json.write_text(json.dumps({"samples": samples, "pulls": pulls, "rss_kib": rss},
-                                        indent=1))
+        args.json.write_text(json.dumps({"samples": samples, "pulls": pulls, "rss_kib": rss,
+                                         "loadavg": loads}, indent=1))
     return 0
 
 

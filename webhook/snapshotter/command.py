@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="containerd's socket, to learn a container's pod and to remove "
                        f"images whose layers are gone (default {DEFAULT_CONTAINERD_SOCKET}; "
                        "'' : neither)")
+    serve.add_argument("--disk-origin", choices=["api", "any"], default="api",
+                       help="api (default): use a cache disk's layers only once the API shows "
+                       "that its volume was cloned from a snapshot the controller made; "
+                       "any: trust every cache disk mounted on the node")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
