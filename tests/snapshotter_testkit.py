@@ -42,12 +42,15 @@ def cri_runtime_modules(workdir: Path) -> tuple[ModuleType, ModuleType, ModuleTy
 
 
 class SnapshotterProcess:
-    """`imagecache snapshotter serve` (webhook.snapshotter.command.main) as its own process."""
+    """`imagecache snapshotter serve` (webhook.snapshotter.command.main) as its own process.
+    Without an apiserver to prove a disk's origin, it trusts every disk (`--disk-origin any`)
+    unless `extra` says otherwise (tests/test_snapshotter_origin.py)."""
 
     def __init__(self, root: Path, disks_root: Path, socket: Path, log: Path,
                  *extra: str) -> None:
+        origin = () if "--disk-origin" in extra else ("--disk-origin", "any")
         self.args = ["serve", "--socket", str(socket), "--root", str(root), "--disks-root",
-                     str(disks_root), *extra]
+                     str(disks_root), *origin, *extra]
         self.log = log
         self.socket = socket
         self.proc: subprocess.Popen[bytes] | None = None
