@@ -16,6 +16,7 @@ import json
 import os
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -128,11 +129,29 @@ class KubeReader:
         self._port = parts.port or 443
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self._connection: http.client.HTTPSConnection | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, kubeconfig: str, timeout: float = 3.0) -> KubeReader:
         """From `kubeconfig`, else the pod's service account. KubeConfigError if neither."""
         return cls(_from_kubeconfig(kubeconfig) if kubeconfig else _in_cluster(), timeout)
+
+    def _request(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self._connection is None:
+            self._connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._config.context)
+        self._connection.request("GET", path, headers=headers)
+        response = self._connection.getresponse()
+        body = response.read(MAX_BODY + 1)
+        if response.will_close or len(body) > MAX_BODY:
+            self._close()
+        return response.status, body
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _token(self) -> str:
         if self._config.token_file:
@@ -151,20 +170,20 @@ class KubeReader:
         token = self._token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                                 context=self._config.context)
-        try:
-            connection.request("GET", path, headers=headers)
-            response = connection.getresponse()
-            body = response.read(MAX_BODY + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise KubeReadError(f"GET {path}: {type(exc).__name__}: {exc}") from None
-        finally:
-            connection.close()
-        if response.status == 404:
+        with self._lock:  # one kept-alive connection: the reads of a check share a handshake
+            for attempt in (1, 2):
+                reused = self._connection is not None
+                try:
+                    status, body = self._request(path, headers)
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    self._close()
+                    if not reused or attempt == 2:  # else the server closed it meanwhile
+                        raise KubeReadError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        if status == 404:
             return None
-        if response.status != 200 or len(body) > MAX_BODY:
-            raise KubeReadError(f"GET {path}: HTTP {response.status}: "
+        if status != 200 or len(body) > MAX_BODY:
+            raise KubeReadError(f"GET {path}: HTTP {status}: "
                                 f"{body[:300].decode(errors='replace')}")
         try:
             obj = json.loads(body)

@@ -73,13 +73,13 @@ class DiskOrigin:
             step = judge(volume, facts, self.controller_namespace)
         if isinstance(step, Read):
             return self._unanswered(disk, key, f"more than {MAX_READS} reads")
-        log.debug("origin of %s checked in %.1f ms (%d reads)", disk,
-                  (time.monotonic() - started) * 1000, len(facts))
         self._verdicts[key] = step
         self._unknown.pop(key, None)
-        return self._note(disk, key, step)
+        return self._note(disk, key, step, {"reads": len(facts),
+                                            "ms": round((time.monotonic() - started) * 1000, 1)})
 
-    def _note(self, disk: str, key: tuple[str, str] | None, verdict: Verdict) -> bool:
+    def _note(self, disk: str, key: tuple[str, str] | None, verdict: Verdict,
+              extra: dict[str, object] | None = None) -> bool:
         """Log and count a verdict once per disk (again only if it changes)."""
         if self._said.get(disk) == (verdict.trusted, verdict.reason):
             return verdict.trusted
@@ -87,7 +87,7 @@ class DiskOrigin:
         result = TRUSTED if verdict.trusted else REFUSED
         self.metrics.disk_origin.labels(result).inc()
         fields = {"disk": disk, "origin": result, "reason": verdict.reason,
-                  "pod": key[0] if key else "", "pv": key[1] if key else ""}
+                  "pod": key[0] if key else "", "pv": key[1] if key else "", **(extra or {})}
         if verdict.trusted:
             log.info("cache disk %s: origin checked: %s", disk, verdict.reason,
                      extra={"fields": fields})
