@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from webhook.core.cachedisk import MANIFEST_FILE, InvalidCacheManifest, parse_manifest
 from webhook.core.disk_origin import Volume, shared_volumes, volume_of
 from webhook.core.layer_chain import LAYERS_DIR, layer_dir_name
+from webhook.core.layer_parents import layer_parents
 from webhook.core.ocilayout import InvalidDigest
 from webhook.snapshotter.origin import DiskOrigin
 
@@ -51,6 +52,7 @@ class _Disk:
     layers: frozenset[str]  # chain ID hex of the layers imagecache.json lists as unpacked
     pod_uid: str
     volume: Volume | None  # the pod and PV, when it is the kubelet's mount of a PV
+    parents: dict[str, str]  # chain ID hex -> the parent's ("" for a base layer)
 
 
 def _stamp(path: str) -> tuple[int, ...] | None:
@@ -148,7 +150,8 @@ class DiskLayers:
                     except InvalidDigest:
                         continue
         disk = _Disk(path, stamp, manifest.name, frozenset(layers), self._pod_uid(path),
-                     volume_of(os.path.relpath(path, self.root)))
+                     volume_of(os.path.relpath(path, self.root)),
+                     layer_parents(manifest.images))
         log.info("cache disk %s (cache %s): %d unpacked layers", path, manifest.name,
                  len(layers), extra={"fields": {"disk": path, "cache": manifest.name,
                                                 "layers": len(layers), "pod": disk.pod_uid}})
@@ -200,6 +203,14 @@ class DiskLayers:
                 found.append(LayerSource(path, disk.path, disk.cache, disk.pod_uid))
         found.sort(key=lambda s: (s.pod_uid != pod_uid, s.disk))
         return found
+
+    def parent_of(self, chain_hex: str) -> str | None:
+        """The chain ID hex of the layer below, per a trusted disk holding the layer ("" for
+        a base layer); None when no such disk says."""
+        for disk in self._index.get(chain_hex, ()):
+            if chain_hex in disk.parents and self._trusted(disk):
+                return disk.parents[chain_hex]
+        return None
 
     def _trusted(self, disk: _Disk) -> bool:
         """Its origin proven through the API (webhook.snapshotter.origin), unless every disk

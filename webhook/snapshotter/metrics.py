@@ -34,6 +34,11 @@ class SnapshotterMetrics:
             "answer from the API: not used for now, asked again later).",
             ["result"], registry=self.registry,
         )
+        self.restored = Counter(
+            "imagecache_snapshotter_restored",
+            "Records of disk-backed layers made again from their disk: lost (a power cut "
+            "right after a pull) while containerd still named them.", registry=self.registry,
+        )
         self.materialized = Counter(
             "imagecache_snapshotter_materialized",
             "Disk layers copied into the snapshotter's root.", registry=self.registry,
