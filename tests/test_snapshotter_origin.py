@@ -274,7 +274,7 @@ def test_a_look_alike_disk_is_never_used_and_a_real_clone_is(world: World) -> No
         assert cri.exec(container, ["/bin/cat", "/srv/good"]) == (0, "from the cache\n")
         trusted = [line for line in log_lines(snapshotter) if line.get("origin") == "trusted"]
         assert [line["disk"] for line in trusted] == [str(good)]
-        print("origin check of the real clone:", trusted[0]["reads"], "reads,", trusted[0]["ms"], "ms")
+        print(f"origin check: {trusted[0]['reads']} reads, {trusted[0]['ms']} ms")  # for docs
         assert metric(port, "imagecache_snapshotter_disk_origin_total") >= 1
         assert metric(port, "imagecache_snapshotter_disk_layers_total") == 2
 
