@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import statistics
@@ -117,9 +118,9 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image: str,
-               snapshotter: str, present: bool = False) -> tuple[float, float]:
-    """Seconds for PullImage, and for CreateContainer + StartContainer after it, in a fresh
-    containerd."""
+               snapshotter: str, present: bool = False) -> tuple[float, float, float]:
+    """Seconds for PullImage, for CreateContainer + StartContainer after it, and that
+    containerd spent applying layers, in a fresh containerd."""
     ctd = Containerd(work, certs, socket, sandbox_image, snapshotter)
     cri = Cri(ctd.socket, work)
     try:
@@ -135,7 +136,7 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
         cri.pull(image, timeout=900)
         pulled = time.monotonic()
         cri.start_container(sandbox, "timed", image, SLEEP)
-        return pulled - started, time.monotonic() - pulled
+        return pulled - started, time.monotonic() - pulled, applied_seconds(ctd.log)
     finally:
         try:
             cri.remove_pods()
@@ -143,6 +144,36 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
             cri.close()
             ctd.stop()
             shutil.rmtree(work, ignore_errors=True)
+
+
+GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|µs|us|ns|m|s)")
+GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+
+
+def applied_seconds(log: Path) -> float:
+    """Seconds containerd spent applying (decompressing + writing) layers: the sum of its
+    `diff applied` lines' d=, the part of a pull any snapshotter pays alike."""
+    total = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        if "diff applied" in line and (field := re.search(r"\bd=(\S+)", line)):
+            total += sum(float(n) * GO_UNITS[u] for n, u in GO_DURATION.findall(field[1]))
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def call_seconds(log: Path) -> dict[str, float]:
+    """Per gRPC method, the seconds the snapshotter spent answering (its debug lines)."""
+    total: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"ms":' in line and '"method":' in line:
+            entry = json.loads(line)
+            total[entry["method"]] = total.get(entry["method"], 0.0) + entry["ms"] / 1000
+    return total
 
 
 def paired_report(modes: str, samples: dict[str, list[float]], loads: list[float]) -> str:
@@ -173,6 +204,9 @@ def main() -> int:
     parser.add_argument("--keep-logs", type=Path,
                         help="copy each c/e run's snapshotter log here (with --log-level debug: "
                         "one line per gRPC call with its duration)")
+    parser.add_argument("--call-times", action="store_true",
+                        help="run the snapshotter with --log-level debug and report, per c/e "
+                        "run, the seconds its gRPC calls took and its CPU seconds")
     parser.add_argument("--snapshotter-arg", action="append", default=[],
                         help="extra argument for `snapshotter serve`, e.g. --log-level=debug")
     args = parser.parse_args()
@@ -188,6 +222,10 @@ def main() -> int:
     pulls: dict[str, list[float]] = {m: [] for m in "abcde"}
     rss: list[int] = []
     loads: list[float] = []
+    applied: dict[str, list[float]] = {m: [] for m in "abcde"}
+    calls: dict[str, list[dict[str, float]]] = {m: [] for m in "abcde"}
+    cpu: dict[str, list[float]] = {m: [] for m in "abcde"}
+    debug = ["--log-level=debug"] if args.call_times else []
     with tempfile.TemporaryDirectory(prefix="snap-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
         layers = real_file_layers(args.layers, args.layer_mib, args.cache)
@@ -245,9 +283,11 @@ def main() -> int:
                                                       # the run's containerd (Mounts asks it)
                                                       "--containerd-socket",
                                                       str(run / "ctd" / "containerd.sock"),
-                                                      *DISK_ORIGIN, *args.snapshotter_arg)
+                                                      *DISK_ORIGIN, *debug,
+                                                      *args.snapshotter_arg)
+                        cpu_before = cpu_seconds(snap.proc.pid) if snap and snap.proc else 0.0
                         try:
-                            pull, start = start_once(
+                            pull, start, apply = start_once(
                                 run / "ctd", via_mirror if mode == "b" else direct, socket,
                                 sandbox_image, image,
                                 "imagecache" if mode in "ce" else "overlayfs",
@@ -255,7 +295,10 @@ def main() -> int:
                         finally:
                             if snap is not None and snap.proc is not None:
                                 rss.append(vm_hwm_kib(snap.proc.pid))
+                                cpu[mode].append(cpu_seconds(snap.proc.pid) - cpu_before)
                                 snap.stop()
+                                if args.call_times:
+                                    calls[mode].append(call_seconds(snap.log))
                                 if args.keep_logs:
                                     args.keep_logs.mkdir(parents=True, exist_ok=True)
                                     shutil.copy(snap.log, args.keep_logs /
@@ -263,7 +306,13 @@ def main() -> int:
                             shutil.rmtree(run, ignore_errors=True)  # its snapshots too
                         samples[mode].append(pull + start)
                         pulls[mode].append(pull)
-                        print(f"  {pull + start:.3f}s (pull {pull:.3f}s)", file=sys.stderr)
+                        applied[mode].append(apply)
+                        extra = f", snapshotter CPU {cpu[mode][-1]:.2f}s" if mode in "ce" else ""
+                        if calls[mode]:
+                            extra += ", its calls " + " ".join(
+                                f"{m} {t:.2f}s" for m, t in sorted(calls[mode][-1].items()))
+                        print(f"  {pull + start:.3f}s (pull {pull:.3f}s, layers applied in "
+                              f"{apply:.2f}s{extra})", file=sys.stderr)
                 loads.append(os.getloadavg()[0])
             finally:
                 mirror.stop()
@@ -285,11 +334,20 @@ def main() -> int:
         print(f"\nc vs d: {med['c'] / med['d']:.2f}x")
     if len(modes) == 2:
         print(paired_report(modes, samples, loads))
+    for mode in med:
+        line = f"{mode}: containerd applied layers in {statistics.median(applied[mode]):.2f}s"
+        if cpu[mode]:
+            line += f"; snapshotter CPU {statistics.median(cpu[mode]):.2f}s"
+        if calls[mode]:
+            took = statistics.median(sum(c.values()) for c in calls[mode])
+            line += f"; its calls took {took:.3f}s"
+        print(line + " (medians)")
     if rss:
         print(f"snapshotter peak RSS: {max(rss) / 1024:.1f} MiB")
     if args.json:
         args.json.write_text(json.dumps({"samples": samples, "pulls": pulls, "rss_kib": rss,
-                                         "loadavg": loads}, indent=1))
+                                         "loadavg": loads, "applied": applied, "cpu": cpu,
+                                         "calls": calls}, indent=1))
     return 0
 
 

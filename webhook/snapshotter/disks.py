@@ -204,6 +204,19 @@ class DiskLayers:
         found.sort(key=lambda s: (s.pod_uid != pod_uid, s.disk))
         return found
 
+    def held(self, chain_hex: str) -> bool:
+        """A mounted disk holds the layer and is not refused for good: its layer's record
+        does not dangle, even while the API cannot be asked (a snapshotter restarted during
+        an API outage must not make CRI remove images whose disks are there)."""
+        self.refresh()
+        for disk in self._index.get(chain_hex, ()):
+            path = os.path.join(disk.path, LAYERS_DIR, chain_hex)
+            if _stamp(disk.path) == disk.stamp and _is_real_dir(path) and (
+                    self.origin is None or not self.origin.refused(
+                        disk.volume, disk.volume is not None and disk.volume.pv in self._shared)):
+                return True
+        return False
+
     def parent_of(self, chain_hex: str) -> str | None:
         """The chain ID hex of the layer below, per a trusted disk holding the layer ("" for
         a base layer); None when no such disk says."""

@@ -57,6 +57,15 @@ class DiskOrigin:
                 return False
             return self._check(disk, volume, key)
 
+    def refused(self, volume: Volume | None, shared: bool) -> bool:
+        """Refused for good (no API call): outside the kubelet's PV layout, shared, or a
+        verdict against it. A disk not checked yet, or whose check got no answer, is not."""
+        if volume is None or shared:
+            return True
+        with self._lock:
+            known = self._verdicts.get((volume.pod_uid, volume.pv))
+        return known is not None and not known.trusted
+
     def _check(self, disk: str, volume: Volume, key: tuple[str, str]) -> bool:
         if self.reader is None:
             return self._unanswered(disk, key, self.no_reader_reason or "no API access")

@@ -345,7 +345,7 @@ class Snapshotter:
             copying = set(self._copying)
         return [i for i in self.store.all()
                 if i.source and i.source not in copying and not self.local_copy(
-                    i.source).is_dir() and not self.disks.sources(i.source)]
+                    i.source).is_dir() and not self.disks.held(i.source)]
 
     def remove_dangling_images(self) -> int:
         """Never dangling: an image whose disk-backed layer is gone is removed through CRI,
