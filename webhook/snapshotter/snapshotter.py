@@ -141,6 +141,10 @@ class Snapshotter:
             if copy.is_dir():
                 return str(copy)
             choice = choose_layer("", [], pod_uid)
+        if choice.use == Use.GONE and self.disks.held(info.source):
+            raise FailedPrecondition(
+                f"layer {info.name} is on a cache disk whose origin cannot be checked through "
+                "the API yet (see the snapshotter's log); the kubelet retries")
         if choice.use == Use.GONE:
             raise FailedPrecondition(
                 f"layer {info.name} came from a cache disk that is no longer mounted on this "
