@@ -6,10 +6,12 @@ exec). Nothing stands in for a part: each is the real program.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -224,3 +226,20 @@ class Cri:
 
     def close(self) -> None:
         self.channel.close()
+
+
+@contextlib.contextmanager
+def cri_of(containerd: Containerd, snapshotter: SnapshotterProcess,
+           workdir: Path) -> Iterator[Cri]:
+    """CRI on `containerd`; on the way out the pods are removed, then containerd and the
+    snapshotter stopped, whatever failed."""
+    cri = Cri(containerd.socket, workdir)
+    try:
+        yield cri
+    finally:
+        try:
+            cri.remove_pods()
+        finally:
+            cri.close()
+            containerd.stop()
+            snapshotter.stop()

@@ -29,7 +29,13 @@ from builder_proxy import RegistryProxy
 from layerkit import Entry, busybox_layer, gz_layer, image_of
 from mirror_testkit import containerd_unavailable, kubelet_mount
 from registry_fixture import Image, Registry, missing_tools, random_bytes, run_builder
-from snapshotter_testkit import Containerd, Cri, SnapshotterProcess, plain_http_hosts
+from snapshotter_testkit import (
+    Containerd,
+    Cri,
+    SnapshotterProcess,
+    cri_of,
+    plain_http_hosts,
+)
 
 from webhook.core.layer_chain import chain_ids
 
@@ -117,16 +123,8 @@ def running_node(work: Path, *snapshotter_args: str) -> Iterator[Node]:
             *snapshotter_args)
         containerd = Containerd(work / "containerd", certs_d, socket,
                                 f"{registry.host}/pause:1")
-        cri = Cri(containerd.socket, work)
-        try:
+        with cri_of(containerd, snapshotter, work) as cri:
             yield Node(registry, snapshotter, containerd, cri, IMAGES, certs_d, disk)
-        finally:
-            try:
-                cri.remove_pods()
-            finally:
-                cri.close()
-                containerd.stop()
-                snapshotter.stop()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from layerkit import Entry, busybox_layer, gz_layer, image_of
 from mirror_testkit import containerd_unavailable, kubelet_mount
 from registry_fixture import Registry, missing_tools, run_builder
 from sa_kubeconfig import service_account_kubeconfig
-from snapshotter_testkit import Containerd, Cri, SnapshotterProcess, plain_http_hosts
+from snapshotter_testkit import Containerd, Cri, SnapshotterProcess, cri_of, plain_http_hosts
 
 from webhook.core.layer_chain import chain_ids
 
@@ -192,16 +192,8 @@ def node(world: World, name: str, *args: str) -> Iterator[tuple[SnapshotterProce
         "--glob", "*/volumes/kubernetes.io~csi/*/mount",
         "--glob", "*/volumes/kubernetes.io~empty-dir/*", *args)
     containerd = Containerd(run / "ctd", world.certs_d, socket, world.ref("pause"))
-    cri = Cri(containerd.socket, run)
-    try:
+    with cri_of(containerd, snapshotter, run) as cri:
         yield snapshotter, cri
-    finally:
-        try:
-            cri.remove_pods()
-        finally:
-            cri.close()
-            containerd.stop()
-            snapshotter.stop()
 
 
 def log_lines(snapshotter: SnapshotterProcess) -> list[dict[str, Any]]:
