@@ -197,6 +197,10 @@ class Store:
         return Info(info.id, info.name, info.parent, info.kind, info.created, now,
                     dict(labels), info.size, info.inodes, info.source)
 
+    def set_usage(self, db: sqlite3.Connection, name: str, size: int, inodes: int) -> None:
+        db.execute("UPDATE snapshots SET size = ?, inodes = ? WHERE name = ?",
+                   (size, inodes, name))
+
     def ids(self) -> set[int]:
         with self._lock:
             return {int(r[0]) for r in self._db.execute("SELECT id FROM snapshots")}
