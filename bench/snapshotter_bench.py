@@ -8,6 +8,11 @@ StartContainer), five ways, interleaved in one run (issue 11.5):
   e  the snapshotter, the image on no disk (its overhead for uncached images; compare to a)
 
     .venv/bin/python bench/snapshotter_bench.py [--layers 4 --layer-mib 132 --rounds 3]
+    .venv/bin/python bench/snapshotter_bench.py --modes a,e --rounds 15   # e's overhead
+
+With two modes, each round runs both, in alternating order (a e, then e a, ...), so that a
+drift of the machine's load weighs on both alike; the report then gives the per-round ratio
+(second mode / first), its median and spread, and the load average around each round.
 
 The image is made of real files (this machine's /usr, as a distro image holds them), gzip
 level 6, pushed to docker-registry; the cache disk is written by the real builder (OCI
@@ -24,6 +29,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import statistics
@@ -51,6 +57,8 @@ from webhook.mirror.configure import configure  # noqa: E402
 
 SLEEP = ["/bin/busybox", "sleep", "3600"]
 POD_UID = "pod-bench"
+# The bench has no apiserver to prove the disk's origin: it trusts its own disk.
+DISK_ORIGIN = ("--disk-origin", "any")
 SOURCES = ("/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/sbin", "/usr/include")
 MAX_FILE = 4 << 20  # a distro's files: many small ones, no single huge blob
 
@@ -110,9 +118,9 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image: str,
-               snapshotter: str, present: bool = False) -> tuple[float, float]:
-    """Seconds for PullImage, and for CreateContainer + StartContainer after it, in a fresh
-    containerd."""
+               snapshotter: str, present: bool = False) -> tuple[float, float, float]:
+    """Seconds for PullImage, for CreateContainer + StartContainer after it, and that
+    containerd spent applying layers, in a fresh containerd."""
     ctd = Containerd(work, certs, socket, sandbox_image, snapshotter)
     cri = Cri(ctd.socket, work)
     try:
@@ -128,7 +136,7 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
         cri.pull(image, timeout=900)
         pulled = time.monotonic()
         cri.start_container(sandbox, "timed", image, SLEEP)
-        return pulled - started, time.monotonic() - pulled
+        return pulled - started, time.monotonic() - pulled, applied_seconds(ctd.log)
     finally:
         try:
             cri.remove_pods()
@@ -138,26 +146,86 @@ def start_once(work: Path, certs: Path, socket: Path, sandbox_image: str, image:
             shutil.rmtree(work, ignore_errors=True)
 
 
+GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|µs|us|ns|m|s)")
+GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+
+
+def applied_seconds(log: Path) -> float:
+    """Seconds containerd spent applying (decompressing + writing) layers: the sum of its
+    `diff applied` lines' d=, the part of a pull any snapshotter pays alike."""
+    total = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        if "diff applied" in line and (field := re.search(r"\bd=(\S+)", line)):
+            total += sum(float(n) * GO_UNITS[u] for n, u in GO_DURATION.findall(field[1]))
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def call_seconds(log: Path) -> dict[str, float]:
+    """Per gRPC method, the seconds the snapshotter spent answering (its debug lines)."""
+    total: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"ms":' in line and '"method":' in line:
+            entry = json.loads(line)
+            total[entry["method"]] = total.get(entry["method"], 0.0) + entry["ms"] / 1000
+    return total
+
+
+def paired_report(modes: str, samples: dict[str, list[float]], loads: list[float]) -> str:
+    """Per round: second mode / first (both ran back to back); median, quartiles, range."""
+    first, second = modes[0], modes[1]
+    ratios = [b / a for a, b in zip(samples[first], samples[second], strict=False) if a > 0]
+    if not ratios:
+        return ""
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return (f"\n{second}/{first} per round: " + " ".join(f"{r:.3f}" for r in ratios)
+            + f"\n{second}/{first} paired median {statistics.median(ratios):.3f}, quartiles "
+            f"{quartiles[0]:.3f}-{quartiles[2]:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}"
+            f" ({len(ratios)} rounds)\n{first} alone: median "
+            f"{statistics.median(samples[first]):.2f}s, stdev "
+            f"{statistics.pstdev(samples[first]):.2f}s; load average (1 min) "
+            f"{min(loads):.1f}-{max(loads):.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--layer-mib", type=int, default=132)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/snap-bench-layers"))
-    parser.add_argument("--modes", default="abcde", help="which of a-e to run (default all)")
+    parser.add_argument("--modes", default="abcde",
+                        help="which of a-e to run, e.g. abcde or a,e (default all)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep-logs", type=Path,
                         help="copy each c/e run's snapshotter log here (with --log-level debug: "
                         "one line per gRPC call with its duration)")
+    parser.add_argument("--call-times", action="store_true",
+                        help="run the snapshotter with --log-level debug and report, per c/e "
+                        "run, the seconds its gRPC calls took and its CPU seconds")
     parser.add_argument("--snapshotter-arg", action="append", default=[],
                         help="extra argument for `snapshotter serve`, e.g. --log-level=debug")
     args = parser.parse_args()
+    modes = args.modes.replace(",", "")
+    if not modes or set(modes) - set("abcde") or len(set(modes)) != len(modes):
+        print(f"--modes {args.modes!r}: give distinct letters of a-e, e.g. a,e",
+              file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("needs root (containerd, overlay mounts)", file=sys.stderr)
         return 2
     samples: dict[str, list[float]] = {m: [] for m in "abcde"}
     pulls: dict[str, list[float]] = {m: [] for m in "abcde"}
     rss: list[int] = []
+    loads: list[float] = []
+    applied: dict[str, list[float]] = {m: [] for m in "abcde"}
+    calls: dict[str, list[dict[str, float]]] = {m: [] for m in "abcde"}
+    cpu: dict[str, list[float]] = {m: [] for m in "abcde"}
+    debug = ["--log-level=debug"] if args.call_times else []
     with tempfile.TemporaryDirectory(prefix="snap-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
         layers = real_file_layers(args.layers, args.layer_mib, args.cache)
@@ -181,12 +249,14 @@ def main() -> int:
             pods = work / "pods"
             disk = kubelet_mount(pods, POD_UID, "pvc-bench")
             disk.mkdir(parents=True)
-            started = time.monotonic()
-            code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
-                                       "--insecure-registry", registry.host, "--layers")
-            if code != 0:
-                raise RuntimeError(f"build failed: {result}")
-            print(f"cache disk built in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            if set(modes) & set("bc"):  # only they read the cache disk
+                started = time.monotonic()
+                code, result = run_builder(disk, work / "term", [f"{registry.host}/bench:1"],
+                                           "--insecure-registry", registry.host, "--layers")
+                if code != 0:
+                    raise RuntimeError(f"build failed: {result}")
+                print(f"cache disk built in {time.monotonic() - started:.1f}s",
+                      file=sys.stderr)
             direct = work / "certs-direct"
             plain_http_hosts(direct, registry.host)
             mirror = MirrorProcess(pods, work / "mirror.log")
@@ -196,8 +266,12 @@ def main() -> int:
             nodisk.mkdir()
             try:
                 for round_ in range(args.rounds):
-                    for mode in args.modes:
-                        print(f"round {round_ + 1}/{args.rounds} mode {mode}", file=sys.stderr)
+                    loads.append(os.getloadavg()[0])
+                    # Two modes alternate their order: a slow drift weighs on both alike.
+                    order = modes[::-1] if len(modes) == 2 and round_ % 2 else modes
+                    for mode in order:
+                        print(f"round {round_ + 1}/{args.rounds} mode {mode} "
+                              f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
                         run = work / f"run-{mode}-{round_}"
                         socket = run / "snap.sock"
                         run.mkdir()
@@ -209,9 +283,11 @@ def main() -> int:
                                                       # the run's containerd (Mounts asks it)
                                                       "--containerd-socket",
                                                       str(run / "ctd" / "containerd.sock"),
+                                                      *DISK_ORIGIN, *debug,
                                                       *args.snapshotter_arg)
+                        cpu_before = cpu_seconds(snap.proc.pid) if snap and snap.proc else 0.0
                         try:
-                            pull, start = start_once(
+                            pull, start, apply = start_once(
                                 run / "ctd", via_mirror if mode == "b" else direct, socket,
                                 sandbox_image, image,
                                 "imagecache" if mode in "ce" else "overlayfs",
@@ -219,7 +295,10 @@ def main() -> int:
                         finally:
                             if snap is not None and snap.proc is not None:
                                 rss.append(vm_hwm_kib(snap.proc.pid))
+                                cpu[mode].append(cpu_seconds(snap.proc.pid) - cpu_before)
                                 snap.stop()
+                                if args.call_times:
+                                    calls[mode].append(call_seconds(snap.log))
                                 if args.keep_logs:
                                     args.keep_logs.mkdir(parents=True, exist_ok=True)
                                     shutil.copy(snap.log, args.keep_logs /
@@ -227,7 +306,14 @@ def main() -> int:
                             shutil.rmtree(run, ignore_errors=True)  # its snapshots too
                         samples[mode].append(pull + start)
                         pulls[mode].append(pull)
-                        print(f"  {pull + start:.3f}s (pull {pull:.3f}s)", file=sys.stderr)
+                        applied[mode].append(apply)
+                        extra = f", snapshotter CPU {cpu[mode][-1]:.2f}s" if mode in "ce" else ""
+                        if calls[mode]:
+                            extra += ", its calls " + " ".join(
+                                f"{m} {t:.2f}s" for m, t in sorted(calls[mode][-1].items()))
+                        print(f"  {pull + start:.3f}s (pull {pull:.3f}s, layers applied in "
+                              f"{apply:.2f}s{extra})", file=sys.stderr)
+                loads.append(os.getloadavg()[0])
             finally:
                 mirror.stop()
     med = {m: statistics.median(v) for m, v in samples.items() if v}
@@ -246,11 +332,22 @@ def main() -> int:
               f"{statistics.median(pulls[mode]):.3f} | {versus} |")
     if "c" in med and "d" in med:
         print(f"\nc vs d: {med['c'] / med['d']:.2f}x")
+    if len(modes) == 2:
+        print(paired_report(modes, samples, loads))
+    for mode in med:
+        line = f"{mode}: containerd applied layers in {statistics.median(applied[mode]):.2f}s"
+        if cpu[mode]:
+            line += f"; snapshotter CPU {statistics.median(cpu[mode]):.2f}s"
+        if calls[mode]:
+            took = statistics.median(sum(c.values()) for c in calls[mode])
+            line += f"; its calls took {took:.3f}s"
+        print(line + " (medians)")
     if rss:
         print(f"snapshotter peak RSS: {max(rss) / 1024:.1f} MiB")
     if args.json:
-        args.json.write_text(json.dumps({"samples": samples, "pulls": pulls, "rss_kib": rss},
-                                        indent=1))
+        args.json.write_text(json.dumps({"samples": samples, "pulls": pulls, "rss_kib": rss,
+                                         "loadavg": loads, "applied": applied, "cpu": cpu,
+                                         "calls": calls}, indent=1))
     return 0
 
 

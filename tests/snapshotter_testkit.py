@@ -6,10 +6,12 @@ exec). Nothing stands in for a part: each is the real program.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,12 +45,15 @@ def cri_runtime_modules(workdir: Path) -> tuple[ModuleType, ModuleType, ModuleTy
 
 
 class SnapshotterProcess:
-    """`imagecache snapshotter serve` (webhook.snapshotter.command.main) as its own process."""
+    """`imagecache snapshotter serve` (webhook.snapshotter.command.main) as its own process.
+    Without an apiserver to prove a disk's origin, it trusts every disk (`--disk-origin any`)
+    unless `extra` says otherwise (tests/test_snapshotter_origin.py)."""
 
     def __init__(self, root: Path, disks_root: Path, socket: Path, log: Path,
                  *extra: str) -> None:
+        origin = () if "--disk-origin" in extra else ("--disk-origin", "any")
         self.args = ["serve", "--socket", str(socket), "--root", str(root), "--disks-root",
-                     str(disks_root), *extra]
+                     str(disks_root), *origin, *extra]
         self.log = log
         self.socket = socket
         self.proc: subprocess.Popen[bytes] | None = None
@@ -189,3 +194,20 @@ class Cri:
 
     def close(self) -> None:
         self.channel.close()
+
+
+@contextlib.contextmanager
+def cri_of(containerd: Containerd, snapshotter: SnapshotterProcess,
+           workdir: Path) -> Iterator[Cri]:
+    """CRI on `containerd`; on the way out the pods are removed, then containerd and the
+    snapshotter stopped, whatever failed."""
+    cri = Cri(containerd.socket, workdir)
+    try:
+        yield cri
+    finally:
+        try:
+            cri.remove_pods()
+        finally:
+            cri.close()
+            containerd.stop()
+            snapshotter.stop()

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(helm_binary() is None, reason=HELM_MISSING)
 
 NS = "imagecache-system"
 FULL = "rel-imagecache"
+NAMESPACE = "imagecache-system"  # helm_chart.render_text's release namespace
 OPTIONS: dict[str, Obj] = {
     "default": {},
     "certManager": {"certManager": {"enabled": True}},
@@ -428,15 +429,19 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
         "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
         "--metrics-listen", "127.0.0.1:5006",
-        "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",
+        "--containerd-socket", "/run/containerd/containerd.sock",
+        "--glob", "*/volumes/kubernetes.io~csi/*/mount",
+        "--disk-origin", "api", "--controller-namespace", NAMESPACE, "--log-level", "info",
         "--log-format", "json",
     ]  # fmt: skip
     assert snap["securityContext"]["privileged"] is True
     mounts = {m["name"]: m for m in snap["volumeMounts"]}
     assert mounts["kubelet-pods"]["mountPropagation"] == "HostToContainer"
-    volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec(daemonset)["volumes"]}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec(daemonset)["volumes"]
+               if "hostPath" in v}
     for name, mount in mounts.items():
-        assert mount["mountPath"] == volumes[name], name  # host path == container path
+        if name != "snapshotter-api":  # the API token (projected), not a host path
+            assert mount["mountPath"] == volumes[name], name  # host path == container path
     assert mounts["containerd-socket"]["mountPath"] == "/run/containerd"
     controller = container(find(docs, "Deployment", f"{FULL}-controller"), "controller")
     assert "--builder-layers" in controller["args"]
@@ -447,6 +452,37 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
         "containers"]] == ["mirror"]
     assert "snapshotter.enabled needs mirror.enabled" in render_error(
         {"snapshotter": {"enabled": True}})
+
+
+def test_the_snapshotter_checks_disk_origin_with_a_token_of_its_own() -> None:
+    """Issue 11 (disk origin): `get` on the five kinds behind a volume, bound to the mirror's
+    account; the token is mounted in the snapshotter container only. verifyDiskOrigin=false
+    drops both and says so on the command line (--disk-origin any)."""
+    docs = rendered("snapshotter")
+    role = find(docs, "ClusterRole", f"{FULL}-mirror-snapshotter")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["persistentvolumes", "persistentvolumeclaims", "pods"],
+         "verbs": ["get"]},
+        {"apiGroups": ["snapshot.storage.k8s.io"],
+         "resources": ["volumesnapshots", "volumesnapshotcontents"], "verbs": ["get"]},
+    ]  # fmt: skip
+    binding = find(docs, "ClusterRoleBinding", f"{FULL}-mirror-snapshotter")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-mirror",
+                                    "namespace": NAMESPACE}]  # fmt: skip
+    daemonset = find(docs, "DaemonSet")
+    assert pod_spec(daemonset)["automountServiceAccountToken"] is False
+    token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    snap_mounts = [m["mountPath"] for m in container(daemonset, "snapshotter")["volumeMounts"]]
+    assert token in snap_mounts
+    assert token not in [m["mountPath"] for m in container(daemonset, "mirror")["volumeMounts"]]
+    off = render({"mirror": {"enabled": True},
+                  "snapshotter": {"enabled": True, "verifyDiskOrigin": False}})
+    assert not [d for d in off if d["kind"] == "ClusterRole" and "snapshotter" in d[
+        "metadata"]["name"]]
+    args = container(find(off, "DaemonSet"), "snapshotter")["args"]
+    assert args[args.index("--disk-origin") + 1] == "any"
+    assert "snapshotter-api" not in [v["name"] for v in pod_spec(find(off, "DaemonSet"))[
+        "volumes"]]
 
 
 def test_controller_gets_its_namespace_from_the_downward_api() -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 from webhook import logs
 from webhook.flags import HelpFormatter
@@ -71,6 +72,16 @@ def parser() -> argparse.ArgumentParser:
                        "'' : neither)")
     logs.add_flags(serve, level_help="info: startup, layers taken from cache disks, copies "
                    "and removed images; debug: also one line per gRPC call with its duration")
+    serve.add_argument("--disk-origin", choices=["api", "any"], default="api",
+                       help="api (default): use a cache disk's layers only once the API shows "
+                       "that its volume was cloned from a snapshot the controller made; "
+                       "any: trust every cache disk mounted on the node")
+    serve.add_argument("--kubeconfig", default="",
+                       help="for --disk-origin api: the API's kubeconfig (default: the pod's "
+                       "service account)")
+    serve.add_argument("--controller-namespace", default="",
+                       help="the imagecache controller's namespace: its builder disks and "
+                       "primary snapshots there are trusted too (default: none)")
     conf = sub.add_parser(
         "configure", help="point containerd's CRI plugin at the snapshotter",
         formatter_class=HelpFormatter,
@@ -99,6 +110,24 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _disk_origin(args: argparse.Namespace, metrics: Any) -> Any:
+    """The origin check of --disk-origin api (None: every disk trusted). Without API access
+    the snapshotter still serves: ordinary snapshots, and no disk used (fail safe)."""
+    from webhook.snapshotter.kubeapi import KubeConfigError, KubeReader
+    from webhook.snapshotter.origin import DiskOrigin
+
+    if args.disk_origin == "any":
+        log.warning("--disk-origin any: every cache disk mounted on this node is trusted; "
+                    "use it only where pods cannot mount volumes that look like cache disks")
+        return None
+    try:
+        reader = KubeReader.load(args.kubeconfig)
+    except KubeConfigError as exc:
+        log.error("no API access: cache disks will not be used until it works (%s)", exc)
+        return DiskOrigin(None, args.controller_namespace, metrics, no_reader_reason=str(exc))
+    return DiskOrigin(reader, args.controller_namespace, metrics)
+
+
 def serve(args: argparse.Namespace) -> int:
     import grpc
     from prometheus_client import start_http_server
@@ -118,7 +147,8 @@ def serve(args: argparse.Namespace) -> int:
     if socket.exists() or socket.is_symlink():
         socket.unlink()  # a previous run's; containerd reconnects to the new one
     metrics = SnapshotterMetrics()
-    disks = DiskLayers(args.disks_root, args.globs or [KUBELET_CSI_GLOB], args.depth)
+    disks = DiskLayers(args.disks_root, args.globs or [KUBELET_CSI_GLOB], args.depth,
+                       origin=_disk_origin(args, metrics))
     client = ContainerdClient(args.containerd_socket) if args.containerd_socket else None
     snapshotter = Snapshotter(Path(args.root), disks, metrics, args.materialize, client,
                               copy_delay=max(0.0, args.materialize_delay))

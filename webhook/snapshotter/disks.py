@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from webhook.core.cachedisk import MANIFEST_FILE, InvalidCacheManifest, parse_manifest
 from webhook.core.layer_chain import LAYERS_DIR, layer_dir_name
 from webhook.core.ocilayout import InvalidDigest
+from webhook.snapshotter.core.disk_origin import Volume, shared_volumes, volume_of
+from webhook.snapshotter.core.layer_parents import layer_parents
+from webhook.snapshotter.origin import DiskOrigin
 
 log = logging.getLogger("imagecache.snapshotter")
 
@@ -48,6 +51,8 @@ class _Disk:
     cache: str
     layers: frozenset[str]  # chain ID hex of the layers imagecache.json lists as unpacked
     pod_uid: str
+    volume: Volume | None  # the pod and PV, when it is the kubelet's mount of a PV
+    parents: dict[str, str]  # chain ID hex -> the parent's ("" for a base layer)
 
 
 def _stamp(path: str) -> tuple[int, ...] | None:
@@ -68,8 +73,10 @@ def _is_real_dir(path: str) -> bool:
 
 class DiskLayers:
     def __init__(self, root: str, globs: Sequence[str] = (KUBELET_CSI_GLOB,), depth: int = 2,
-                 ttl: float = 1.0) -> None:
+                 ttl: float = 1.0, origin: DiskOrigin | None = None) -> None:
         self.root = os.path.normpath(root)
+        self.origin = origin  # None: every disk is trusted (--disk-origin any)
+        self._shared: frozenset[str] = frozenset()
         self.globs = tuple(globs)
         self.depth = depth
         self.ttl = ttl
@@ -142,7 +149,9 @@ class DiskLayers:
                         layers.add(layer_dir_name(layer.chain_id))
                     except InvalidDigest:
                         continue
-        disk = _Disk(path, stamp, manifest.name, frozenset(layers), self._pod_uid(path))
+        disk = _Disk(path, stamp, manifest.name, frozenset(layers), self._pod_uid(path),
+                     volume_of(os.path.relpath(path, self.root)),
+                     layer_parents(manifest.images))
         log.info("cache disk %s (cache %s): %d unpacked layers", path, manifest.name,
                  len(layers), extra={"fields": {"disk": path, "cache": manifest.name,
                                                 "layers": len(layers), "pod": disk.pod_uid}})
@@ -165,6 +174,9 @@ class DiskLayers:
             for path in self._disks.keys() - disks.keys():
                 log.info("cache disk gone: %s", path, extra={"fields": {"disk": path}})
             self._disks = disks
+            self._shared = shared_volumes(d.volume for d in disks.values() if d.volume)
+            if self.origin is not None:
+                self.origin.forget((d.path, d.volume) for d in disks.values())
             index: dict[str, list[_Disk]] = {}
             for disk in disks.values():
                 for chain_hex in disk.layers:
@@ -187,10 +199,39 @@ class DiskLayers:
         for disk in self._index.get(chain_hex, ()):
             path = os.path.join(disk.path, LAYERS_DIR, chain_hex)
             # Still the disk that was scanned (not unmounted or rebuilt since)?
-            if _stamp(disk.path) == disk.stamp and _is_real_dir(path):
+            if _stamp(disk.path) == disk.stamp and _is_real_dir(path) and self._trusted(disk):
                 found.append(LayerSource(path, disk.path, disk.cache, disk.pod_uid))
         found.sort(key=lambda s: (s.pod_uid != pod_uid, s.disk))
         return found
+
+    def held(self, chain_hex: str) -> bool:
+        """A mounted disk holds the layer and is not refused for good: its layer's record
+        does not dangle, even while the API cannot be asked (a snapshotter restarted during
+        an API outage must not make CRI remove images whose disks are there)."""
+        self.refresh()
+        for disk in self._index.get(chain_hex, ()):
+            path = os.path.join(disk.path, LAYERS_DIR, chain_hex)
+            if _stamp(disk.path) == disk.stamp and _is_real_dir(path) and (
+                    self.origin is None or not self.origin.refused(
+                        disk.volume, disk.volume is not None and disk.volume.pv in self._shared)):
+                return True
+        return False
+
+    def parent_of(self, chain_hex: str) -> str | None:
+        """The chain ID hex of the layer below, per a trusted disk holding the layer ("" for
+        a base layer); None when no such disk says."""
+        for disk in self._index.get(chain_hex, ()):
+            if chain_hex in disk.parents and self._trusted(disk):
+                return disk.parents[chain_hex]
+        return None
+
+    def _trusted(self, disk: _Disk) -> bool:
+        """Its origin proven through the API (webhook.snapshotter.origin), unless every disk
+        is trusted."""
+        if self.origin is None:
+            return True
+        shared = disk.volume is not None and disk.volume.pv in self._shared
+        return self.origin.trusted(disk.path, disk.volume, shared)
 
     def count(self) -> int:
         return len(self._disks)

@@ -27,6 +27,18 @@ class SnapshotterMetrics:
             "Layers a cache disk could not serve for an unexpected reason (containerd pulled "
             "them instead).", registry=self.registry,
         )
+        self.disk_origin = Counter(
+            "imagecache_snapshotter_disk_origin",
+            "Cache disks whose origin was checked through the API, by result: trusted, "
+            "refused (not a clone of the controller's snapshot: never used), unknown (no "
+            "answer from the API: not used for now, asked again later).",
+            ["result"], registry=self.registry,
+        )
+        self.restored = Counter(
+            "imagecache_snapshotter_restored",
+            "Records of disk-backed layers made again from their disk: lost (a power cut "
+            "right after a pull) while containerd still named them.", registry=self.registry,
+        )
         self.materialized = Counter(
             "imagecache_snapshotter_materialized",
             "Disk layers copied into the snapshotter's root.", registry=self.registry,

@@ -139,16 +139,6 @@ class Store:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM snapshots ORDER BY id").fetchall()
         return [_info(r) for r in rows]
 
-    def chain(self, info: Info) -> list[Info]:
-        """The parents of a snapshot, the nearest first."""
-        parents = []
-        name = info.parent
-        while name:
-            parent = self.get(name)
-            parents.append(parent)
-            name = parent.parent
-        return parents
-
     def create(self, db: sqlite3.Connection, name: str, parent: str, kind: Kind,
                labels: Mapping[str, str], source: str = "", size: int = 0) -> Info:
         if db.execute("SELECT 1 FROM snapshots WHERE name = ?", (name,)).fetchone():
@@ -206,6 +196,10 @@ class Store:
         info = _info(row)
         return Info(info.id, info.name, info.parent, info.kind, info.created, now,
                     dict(labels), info.size, info.inodes, info.source)
+
+    def set_usage(self, db: sqlite3.Connection, name: str, size: int, inodes: int) -> None:
+        db.execute("UPDATE snapshots SET size = ?, inodes = ? WHERE name = ?",
+                   (size, inodes, name))
 
     def ids(self) -> set[int]:
         with self._lock:
