@@ -427,7 +427,7 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     assert snap["args"] == [
         "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
-        "--metrics-listen", "127.0.0.1:5006",
+        "--glob", "*/volumes/kubernetes.io~csi/*/mount", "--metrics-listen", "127.0.0.1:5006",
         "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",
     ]  # fmt: skip
     assert snap["securityContext"]["privileged"] is True
@@ -444,6 +444,12 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     assert "--builder-layers" not in default["args"]
     assert [c["name"] for c in pod_spec(find(rendered("mirror"), "DaemonSet"))[
         "containers"]] == ["mirror"]
+    # cache disks are looked for where the mirror looks (local-PV clones, say)
+    local = "*/volumes/kubernetes.io~local-volume/*"
+    globs = render({"mirror": {"enabled": True, "diskGlobs": [local]},
+                    "snapshotter": {"enabled": True}})
+    args = container(find(globs, "DaemonSet"), "snapshotter")["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--glob"] == [local]
     assert "snapshotter.enabled needs mirror.enabled" in render_error(
         {"snapshotter": {"enabled": True}})
 
