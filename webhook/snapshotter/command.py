@@ -1,7 +1,8 @@
-"""`imagecache snapshotter [serve|configure]`: the node snapshotter's command line.
+"""`imagecache snapshotter [serve|configure|forget-images]`: the node snapshotter's command line.
 
 serve runs the containerd proxy snapshotter on a unix socket; configure points containerd's
-CRI plugin at it. See docs/snapshotter.md.
+CRI plugin at it; forget-images, on rolling back, removes the images containerd could not
+unpack for another snapshotter. See docs/snapshotter.md.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagecache snapshotter",
         description="Node snapshotter: a containerd proxy snapshotter that starts cached "
-        "images from the cache disks' unpacked layers (serve), or configure containerd to "
-        "use it (configure).",
+        "images from the cache disks' unpacked layers (serve), configure containerd to "
+        "use it (configure), and on rolling back remove the images no other snapshotter can "
+        "unpack (forget-images).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy snapshotter")
@@ -96,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--snapshotter", default="imagecache",
                       help="the CRI snapshotter to set (default imagecache; roll back with "
                       "the previous one, e.g. overlayfs)")
+    forget = sub.add_parser(
+        "forget-images", help="on rolling back: remove from containerd the images with a "
+        "layer taken from a cache disk (never downloaded: no other snapshotter can unpack "
+        "them), so that the kubelet pulls them again")
+    forget.add_argument("--root", default=DEFAULT_ROOT,
+                        help=f"the snapshotter's root (its serve --root; default {DEFAULT_ROOT})")
+    forget.add_argument("--containerd-socket", default=DEFAULT_CONTAINERD_SOCKET,
+                        help=f"containerd's socket (default {DEFAULT_CONTAINERD_SOCKET})")
+    forget.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return parser
 
 
@@ -176,6 +187,14 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "forget-images":
+            from webhook.snapshotter.forget import ForgetError, forget_images
+
+            try:
+                return forget_images(Path(args.root), args.containerd_socket, args.dry_run)
+            except ForgetError as exc:
+                print(f"imagecache snapshotter forget-images: {exc}", file=sys.stderr)
+                return 1
         from webhook.snapshotter.configure import configure
 
         return configure(Path(args.containerd_config), args.socket,
@@ -183,6 +202,7 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"imagecache snapshotter: {exc}", file=sys.stderr)
         return 2
+
     except OSError as exc:  # a root, socket or state it cannot use: the path and the reason
         print(f"imagecache snapshotter: {exc.filename or ''}: {exc.strerror or exc}",
               file=sys.stderr)
