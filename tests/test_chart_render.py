@@ -425,7 +425,7 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     daemonset = find(docs, "DaemonSet")
     snap = container(daemonset, "snapshotter")
     assert snap["args"] == [
-        "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
+        "snapshotter", "serve", "--supervise", "--socket", "/run/imagecache/snapshotter.sock",
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
         "--glob", "*/volumes/kubernetes.io~csi/*/mount", "--metrics-listen", "127.0.0.1:5006",
         "--containerd-socket", "/run/containerd/containerd.sock", "--log-level", "info",

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import stat
 import urllib.request
 from collections.abc import Iterator
@@ -233,6 +234,43 @@ def test_an_ordinary_image_runs_through_the_same_snapshotter(switched: Switched)
         assert chain in snapshots
         assert f"layer {chain} from cache disk" not in _snapshotter_log(node)
     assert node.kubectl("exec", "-n", WEB, name, "--", "true").returncode == 0
+
+
+def _serving_pid(node: Node) -> int:
+    """The host pid of the process serving the snapshotter's socket: the snapshotter
+    container's init (its task in containerd), or that process's child if it supervises one."""
+    mirror = node.list("pods", NAMESPACE, "app.kubernetes.io/component=mirror")[0]
+    statuses = {c["name"]: c for c in mirror["status"]["containerStatuses"]}
+    container = statuses["snapshotter"]["containerID"].removeprefix("containerd://")
+    tasks = [line.split() for line in node.ctr("tasks", "ls").stdout.splitlines()[1:]]
+    pid = int(next(task[1] for task in tasks if task[0] == container))
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if children else pid
+
+
+def test_the_snapshotter_killed_while_pods_run(switched: Switched) -> None:
+    """Its serving process SIGKILLed: the supervisor (`serve --supervise`) starts it again in
+    the same container, which never exits (while CRI uses the snapshotter, no container of
+    the node, its own included, could be created without it); the pods keep running and a
+    new pod of the cached image starts with nothing downloaded."""
+    site, node = switched.site, switched.site.node
+    running = _pod(node, "layered")
+    served = _snapshotter_log(node).count('"msg":"serving on unix://')
+    os.kill(_serving_pid(node), signal.SIGKILL)  # as a crash or the OOM killer would
+    eventually(
+        "the snapshotter serving again",
+        lambda: _snapshotter_log(node).count('"msg":"serving on unix://') > served,
+        120,
+    )
+    mirror = node.list("pods", NAMESPACE, "app.kubernetes.io/component=mirror")[0]
+    statuses = {c["name"]: c for c in mirror["status"]["containerStatuses"]}
+    assert statuses["snapshotter"]["restartCount"] == 0  # the same container
+    mark = site.public.mark()
+    node.kubectl("scale", "deployment", "layered", "-n", WEB, "--replicas=2")
+    pods = node.wait_pods(WEB, "app=layered", 2, timeout=240)
+    assert running["metadata"]["uid"] in {p["metadata"]["uid"] for p in pods}
+    assert all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in pods)
+    assert site.public.blob_gets(mark, "shop/layered") == []
 
 
 def test_rolling_back_leaves_the_node_ready_with_its_pods(

@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="containerd's socket, to learn a container's pod and to remove "
                        f"images whose layers are gone (default {DEFAULT_CONTAINERD_SOCKET}; "
                        "'' : neither)")
+    serve.add_argument("--supervise", action="store_true",
+                       help="serve in a child process and start it again whenever it exits "
+                       "(the chart's DaemonSet: while CRI uses the snapshotter, its container "
+                       "could not be created again)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     conf = sub.add_parser("configure", help="point containerd's CRI plugin at the snapshotter")
@@ -185,6 +189,10 @@ def main(argv: list[str]) -> int:
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), handlers=[handler])
     try:
+        if args.command == "serve" and args.supervise:
+            from webhook.snapshotter.supervise import supervise
+
+            return supervise([a for a in argv[1:] if a != "--supervise"])
         if args.command == "serve":
             return serve(args)
         if args.command == "forget-images":
