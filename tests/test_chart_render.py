@@ -426,11 +426,10 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     daemonset = find(docs, "DaemonSet")
     snap = container(daemonset, "snapshotter")
     assert snap["args"] == [
-        "snapshotter", "serve", "--socket", "/run/imagecache/snapshotter.sock",
+        "snapshotter", "serve", "--supervise", "--socket", "/run/imagecache/snapshotter.sock",
         "--root", "/var/lib/imagecache/snapshotter", "--disks-root", "/var/lib/kubelet/pods",
-        "--metrics-listen", "127.0.0.1:5006",
+        "--glob", "*/volumes/kubernetes.io~csi/*/mount", "--metrics-listen", "127.0.0.1:5006",
         "--containerd-socket", "/run/containerd/containerd.sock",
-        "--glob", "*/volumes/kubernetes.io~csi/*/mount",
         "--disk-origin", "api", "--controller-namespace", NAMESPACE, "--log-level", "info",
         "--log-format", "json",
     ]  # fmt: skip
@@ -450,6 +449,12 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
     assert "--builder-layers" not in default["args"]
     assert [c["name"] for c in pod_spec(find(rendered("mirror"), "DaemonSet"))[
         "containers"]] == ["mirror"]
+    # cache disks are looked for where the mirror looks (local-PV clones, say)
+    local = "*/volumes/kubernetes.io~local-volume/*"
+    globs = render({"mirror": {"enabled": True, "diskGlobs": [local]},
+                    "snapshotter": {"enabled": True}})
+    args = container(find(globs, "DaemonSet"), "snapshotter")["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--glob"] == [local]
     assert "snapshotter.enabled needs mirror.enabled" in render_error(
         {"snapshotter": {"enabled": True}})
 

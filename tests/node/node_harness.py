@@ -17,10 +17,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -34,8 +37,10 @@ SCRIPTS = Path(os.environ.get("IMAGECACHE_NODE_SCRIPTS", str(SHARED / "node")))
 SNAPSHOT_CRDS = SHARED / "testdata" / "crds"
 ADMIN_TOKEN = "admintoken"  # node-up.sh's static token (system:masters)
 NODE_NAME = "127.0.0.1"
+IMAGECACHE = str(Path(sys.executable).parent / "imagecache")  # the worktree's console script
 # Offsets from BASE: node-up uses +0..+4; these are the test's own listeners.
 PUBLIC_REGISTRY, AUTH_REGISTRY, MIRROR_PORT, METRICS_PORT = 10, 11, 12, 13
+SNAPSHOTTER_METRICS = 14
 BLOCK = 20  # ports per node
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -268,6 +273,83 @@ class Node:
         if self.gateway not in run(["ip", "-4", "addr", "show", "dev", bridge]).stdout:
             run(["ip", "addr", "add", f"{self.gateway}/24", "dev", bridge])
 
+    def restart_containerd(self, timeout: float = 120) -> None:
+        """Stop containerd by DIR/containerd.pid and start it again with node-up.sh's command
+        line, as `systemctl restart containerd` does on a real node. Not node-up.sh itself: it
+        writes config.toml afresh at every start, which would undo the CRI switch that
+        `imagecache snapshotter configure` made in it, where a real node's unit keeps its
+        /etc/containerd/config.toml. The new pid goes into the pid file (node-down.sh stops it)
+        and the log is appended to DIR/containerd.log. Running containers survive (their shims
+        are their own processes). Returns once the new containerd answers on its socket."""
+        pidfile = self.dir / "containerd.pid"
+        pid = int(pidfile.read_text().strip())
+        if not _is_ours(pid, self.dir):
+            raise NodeError(f"{pidfile} names pid {pid}, which is not this node's containerd")
+        os.kill(pid, signal.SIGTERM)
+        eventually(f"containerd (pid {pid}) to stop", lambda: not _is_ours(pid, self.dir), 60, 0.2)
+        config = self.dir / "containerd" / "config.toml"
+        log = self.dir / "containerd.log"
+        # exactly node-up.sh's `start containerd`: detached (bash exits, so init reaps it)
+        run(
+            [
+                "bash",
+                "-c",
+                'setsid nsenter --mount="$1/ns/mnt" -- containerd --config "$2" '
+                '>> "$3" 2>&1 < /dev/null & echo $! > "$1/containerd.pid"',
+                "restart",
+                str(self.dir),
+                str(config),
+                str(log),
+            ]
+        )
+        sock = self.dir / "containerd" / "containerd.sock"
+        eventually(
+            "containerd to answer after its restart",
+            lambda: run(["ctr", "-a", str(sock), "version"], check=False).returncode == 0,
+            timeout,
+            0.2,
+            explain=lambda: log.read_text(errors="replace")[-3000:],
+        )
+
+    def use_snapshotter(
+        self, name: str, images: Iterable[Path], proxy_socket: Path | None = None
+    ) -> None:
+        """Point the node's CRI at snapshotter `name` as an operator would on a real node:
+        `imagecache snapshotter configure` edits config.toml in place (the proxy plugin goes
+        into conf.d), containerd restarts (restart_containerd), and the local images (pause,
+        busybox and `images`) are imported again for that snapshotter: what was unpacked for
+        another one is not seen by it. Waits for the node to be Ready again."""
+        conf = self.dir / "containerd"
+        argv = [IMAGECACHE, "snapshotter", "configure", "--containerd-config",
+                str(conf / "config.toml"), "--snapshotter", name]  # fmt: skip
+        if proxy_socket is not None:
+            argv += ["--socket", str(proxy_socket),
+                     "--drop-in", str(conf / "conf.d" / "imagecache.toml")]  # fmt: skip
+        run(argv)
+        self.restart_containerd()
+        if self.cri_snapshotter() != name:
+            raise NodeError(f"containerd's CRI snapshotter is {self.cri_snapshotter()!r}, not "
+                            f"{name!r}, after configure and restart")  # fmt: skip
+        local = [self.dir / "images" / "pause.tar", self.dir / "images" / "busybox.tar"]
+        for tar in (*local, *images):
+            self.ctr("images", "import", "--snapshotter", name, str(tar))
+        self.wait_ready()
+
+    def cri_snapshotter(self) -> str:
+        """The CRI snapshotter containerd runs with, from `containerd config dump` (what it
+        reads: config.toml and its imports)."""
+        config = self.dir / "containerd" / "config.toml"
+        dump = tomllib.loads(run(["containerd", "--config", str(config), "config", "dump"]).stdout)
+        return str(dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"])
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        def ready() -> bool:
+            node = self.api.get(f"/api/v1/nodes/{NODE_NAME}") or {}
+            conditions = (node.get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+        eventually(f"node {NODE_NAME} Ready", ready, timeout, interval=0.5)
+
     def tag_by_digest(self, image: str, archive: Path) -> str:
         """Also name `image` by its digest (`repo:<12 hex>`), so that a chart upgrade with a
         rebuilt image rolls the pods; returns that tag."""
@@ -482,11 +564,23 @@ class Node:
             content = set(self.ctr("content", "ls", "-q").stdout.split())
             return not (wanted & content or set(chains) & snapshots)
 
+        def left() -> str:
+            return "\n".join(
+                [
+                    self.ctr("images", "ls").stdout,
+                    self.ctr("snapshots", "--snapshotter", snapshotter, "ls").stdout,
+                    "in the content store: " + " ".join(wanted & set(
+                        self.ctr("content", "ls", "-q").stdout.split()
+                    )),
+                ]
+            )  # fmt: skip
+
         eventually(
             f"containerd to forget {ref} (no blob of it in the content store, no layer snapshot)",
             gone,
             timeout,
             interval=1,
+            explain=left,
         )
 
     def pull_secret(self, namespace: str, name: str, registry: Registry) -> Obj:
@@ -552,6 +646,15 @@ class Node:
         eventually(
             f"{kind} {name} deleted", lambda: self.get(kind, name, namespace) is None, timeout
         )
+
+
+def _is_ours(pid: int, directory: Path) -> bool:
+    """node-up.sh's `alive`: a live process whose command line mentions the node's DIR."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"{directory}/".encode() in cmdline.replace(b"\0", b" ")
 
 
 def _ready(pod: Obj) -> bool:

@@ -1,6 +1,7 @@
 """The chart on a real node, installed as README's install section says (local image, values
 only where the node differs): every part Ready, `helm test` passes, `helm upgrade` keeps it
-working. (The files of this directory run in order: 1 chart, 2 cache, 3 faults, 4 uninstall.)"""
+working. (The files of this directory run in order: 1 chart, 2 cache, 3 faults, 4 snapshotter,
+5 uninstall.)"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""`imagecache snapshotter [serve|configure]`: the node snapshotter's command line.
+"""`imagecache snapshotter [serve|configure|forget-images]`: the node snapshotter's command line.
 
 serve runs the containerd proxy snapshotter on a unix socket; configure points containerd's
-CRI plugin at it. See docs/snapshotter.md.
+CRI plugin at it; forget-images, on rolling back, removes the images containerd could not
+unpack for another snapshotter. See docs/snapshotter.md.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def parser() -> argparse.ArgumentParser:
         prog="imagecache snapshotter",
         formatter_class=HelpFormatter,
         description="Node snapshotter: a containerd proxy snapshotter that starts cached "
-        "images from the cache disks' unpacked layers (serve), or configure containerd to "
-        "use it (configure).",
+        "images from the cache disks' unpacked layers (serve), configure containerd to "
+        "use it (configure), and on rolling back remove the images no other snapshotter can "
+        "unpack (forget-images).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -82,6 +84,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--controller-namespace", default="",
                        help="the imagecache controller's namespace: its builder disks and "
                        "primary snapshots there are trusted too (default: none)")
+    serve.add_argument("--supervise", action="store_true",
+                       help="serve in a child process and start it again whenever it exits "
+                       "(the chart's DaemonSet: while CRI uses the snapshotter, its container "
+                       "could not be created again)")
     conf = sub.add_parser(
         "configure", help="point containerd's CRI plugin at the snapshotter",
         formatter_class=HelpFormatter,
@@ -100,6 +106,15 @@ def parser() -> argparse.ArgumentParser:
     conf.add_argument("--snapshotter", default="imagecache",
                       help="the CRI snapshotter to set (default imagecache; roll back with "
                       "the previous one, e.g. overlayfs)")
+    forget = sub.add_parser(
+        "forget-images", help="on rolling back: remove from containerd the images with a "
+        "layer taken from a cache disk (never downloaded: no other snapshotter can unpack "
+        "them), so that the kubelet pulls them again")
+    forget.add_argument("--root", default=DEFAULT_ROOT,
+                        help=f"the snapshotter's root (its serve --root; default {DEFAULT_ROOT})")
+    forget.add_argument("--containerd-socket", default=DEFAULT_CONTAINERD_SOCKET,
+                        help=f"containerd's socket (default {DEFAULT_CONTAINERD_SOCKET})")
+    forget.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return parser
 
 
@@ -196,8 +211,20 @@ def main(argv: list[str]) -> int:
     logs.setup(getattr(args, "log_level", logs.DEFAULT_LEVEL),
                getattr(args, "log_format", logs.DEFAULT_FORMAT))
     try:
+        if args.command == "serve" and args.supervise:
+            from webhook.snapshotter.supervise import supervise
+
+            return supervise([a for a in argv[1:] if a != "--supervise"])
         if args.command == "serve":
             return serve(args)
+        if args.command == "forget-images":
+            from webhook.snapshotter.forget import ForgetError, forget_images
+
+            try:
+                return forget_images(Path(args.root), args.containerd_socket, args.dry_run)
+            except ForgetError as exc:
+                print(f"imagecache snapshotter forget-images: {exc}", file=sys.stderr)
+                return 1
         from webhook.snapshotter.configure import configure
 
         return configure(Path(args.containerd_config), args.socket,
@@ -205,6 +232,7 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"imagecache snapshotter: {exc}", file=sys.stderr)
         return 2
+
     except OSError as exc:  # a root, socket or state it cannot use: the path and the reason
         print(f"imagecache snapshotter: {exc.filename or ''}: {exc.strerror or exc}",
               file=sys.stderr)

@@ -47,6 +47,22 @@ class ContainerdClient:
             return None
         return str(reply.container.labels.get(POD_UID_LABEL, ""))
 
+    def images(self) -> list[tuple[str, list[str]]]:
+        """Every image CRI knows: its id and names (tags and digests)."""
+        reply = self._images.ListImages(self._cri_pb.ListImagesRequest(), timeout=self.timeout)
+        return [(i.id, [*i.repo_tags, *i.repo_digests]) for i in reply.images]
+
+    def status_info(self, image_id: str) -> str:
+        """containerd's verbose CRI ImageStatus info (JSON with the image config)."""
+        reply = self._images.ImageStatus(self._cri_pb.ImageStatusRequest(
+            image=self._cri_pb.ImageSpec(image=image_id), verbose=True), timeout=self.timeout)
+        return str(reply.info.get("info", ""))
+
+    def remove(self, image_id: str) -> None:
+        """CRI RemoveImage (every name of the image); errors raise."""
+        self._images.RemoveImage(self._cri_pb.RemoveImageRequest(
+            image=self._cri_pb.ImageSpec(image=image_id)), timeout=self.timeout * 6)
+
     def remove_image(self, ref: str) -> bool:
         try:
             self._images.RemoveImage(self._cri_pb.RemoveImageRequest(

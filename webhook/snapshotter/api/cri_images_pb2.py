@@ -24,19 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63ri_images.proto\x12\nruntime.v1\"\x1a\n\tImageSpec\x12\r\n\x05image\x18\x01 \x01(\t\":\n\x12RemoveImageRequest\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.runtime.v1.ImageSpec\"\x15\n\x13RemoveImageResponse2`\n\x0cImageService\x12P\n\x0bRemoveImage\x12\x1e.runtime.v1.RemoveImageRequest\x1a\x1f.runtime.v1.RemoveImageResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63ri_images.proto\x12\nruntime.v1\"\x1a\n\tImageSpec\x12\r\n\x05image\x18\x01 \x01(\t\":\n\x12RemoveImageRequest\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.runtime.v1.ImageSpec\"\x15\n\x13RemoveImageResponse\"3\n\x0bImageFilter\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.runtime.v1.ImageSpec\"<\n\x11ListImagesRequest\x12\'\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x17.runtime.v1.ImageFilter\"J\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\trepo_tags\x18\x02 \x03(\t\x12\x14\n\x0crepo_digests\x18\x03 \x03(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"7\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.runtime.v1.Image\"K\n\x12ImageStatusRequest\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.runtime.v1.ImageSpec\x12\x0f\n\x07verbose\x18\x02 \x01(\x08\"\x9d\x01\n\x13ImageStatusResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.runtime.v1.Image\x12\x37\n\x04info\x18\x02 \x03(\x0b\x32).runtime.v1.ImageStatusResponse.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x81\x02\n\x0cImageService\x12M\n\nListImages\x12\x1d.runtime.v1.ListImagesRequest\x1a\x1e.runtime.v1.ListImagesResponse\"\x00\x12P\n\x0bImageStatus\x12\x1e.runtime.v1.ImageStatusRequest\x1a\x1f.runtime.v1.ImageStatusResponse\"\x00\x12P\n\x0bRemoveImage\x12\x1e.runtime.v1.RemoveImageRequest\x1a\x1f.runtime.v1.RemoveImageResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cri_images_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._loaded_options = None
+  _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._serialized_options = b'8\001'
   _globals['_IMAGESPEC']._serialized_start=32
   _globals['_IMAGESPEC']._serialized_end=58
   _globals['_REMOVEIMAGEREQUEST']._serialized_start=60
   _globals['_REMOVEIMAGEREQUEST']._serialized_end=118
   _globals['_REMOVEIMAGERESPONSE']._serialized_start=120
   _globals['_REMOVEIMAGERESPONSE']._serialized_end=141
-  _globals['_IMAGESERVICE']._serialized_start=143
-  _globals['_IMAGESERVICE']._serialized_end=239
+  _globals['_IMAGEFILTER']._serialized_start=143
+  _globals['_IMAGEFILTER']._serialized_end=194
+  _globals['_LISTIMAGESREQUEST']._serialized_start=196
+  _globals['_LISTIMAGESREQUEST']._serialized_end=256
+  _globals['_IMAGE']._serialized_start=258
+  _globals['_IMAGE']._serialized_end=332
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=334
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=389
+  _globals['_IMAGESTATUSREQUEST']._serialized_start=391
+  _globals['_IMAGESTATUSREQUEST']._serialized_end=466
+  _globals['_IMAGESTATUSRESPONSE']._serialized_start=469
+  _globals['_IMAGESTATUSRESPONSE']._serialized_end=626
+  _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._serialized_start=583
+  _globals['_IMAGESTATUSRESPONSE_INFOENTRY']._serialized_end=626
+  _globals['_IMAGESERVICE']._serialized_start=629
+  _globals['_IMAGESERVICE']._serialized_end=886
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,16 @@ class ImageServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ListImages = channel.unary_unary(
+                '/runtime.v1.ImageService/ListImages',
+                request_serializer=cri__images__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=cri__images__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.ImageStatus = channel.unary_unary(
+                '/runtime.v1.ImageService/ImageStatus',
+                request_serializer=cri__images__pb2.ImageStatusRequest.SerializeToString,
+                response_deserializer=cri__images__pb2.ImageStatusResponse.FromString,
+                _registered_method=True)
         self.RemoveImage = channel.unary_unary(
                 '/runtime.v1.ImageService/RemoveImage',
                 request_serializer=cri__images__pb2.RemoveImageRequest.SerializeToString,
@@ -44,6 +54,18 @@ class ImageServiceStub:
 class ImageServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def ListImages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImageStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemoveImage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -53,6 +75,16 @@ class ImageServiceServicer:
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=cri__images__pb2.ListImagesRequest.FromString,
+                    response_serializer=cri__images__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'ImageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageStatus,
+                    request_deserializer=cri__images__pb2.ImageStatusRequest.FromString,
+                    response_serializer=cri__images__pb2.ImageStatusResponse.SerializeToString,
+            ),
             'RemoveImage': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveImage,
                     request_deserializer=cri__images__pb2.RemoveImageRequest.FromString,
@@ -68,6 +100,60 @@ def add_ImageServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ImageService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/ListImages',
+            cri__images__pb2.ListImagesRequest.SerializeToString,
+            cri__images__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/ImageStatus',
+            cri__images__pb2.ImageStatusRequest.SerializeToString,
+            cri__images__pb2.ImageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def RemoveImage(request,
