@@ -107,9 +107,13 @@ def parser() -> argparse.ArgumentParser:
                       help="the CRI snapshotter to set (default imagecache; roll back with "
                       "the previous one, e.g. overlayfs)")
     forget = sub.add_parser(
-        "forget-images", help="on rolling back: remove from containerd the images with a "
-        "layer taken from a cache disk (never downloaded: no other snapshotter can unpack "
-        "them), so that the kubelet pulls them again")
+        "forget-images", help="on rolling back: remove the images with a cache disk's layer",
+        formatter_class=HelpFormatter,
+        description="On rolling back to another snapshotter (after `configure --snapshotter "
+        "overlayfs` and a containerd restart): remove from containerd, through CRI, every "
+        "image with a layer taken from a cache disk (never downloaded: no other snapshotter "
+        "can unpack it), so that the kubelet pulls it again. Reads the snapshotter's store "
+        "read-only.")
     forget.add_argument("--root", default=DEFAULT_ROOT,
                         help=f"the snapshotter's root (its serve --root; default {DEFAULT_ROOT})")
     forget.add_argument("--containerd-socket", default=DEFAULT_CONTAINERD_SOCKET,

@@ -1,5 +1,5 @@
 """`imagecache snapshotter forget-images`: on rolling the snapshotter back, remove from
-containerd every image with a layer taken from a cache disk 
+containerd every image with a layer taken from a cache disk
 (webhook.snapshotter.core.disk_images says
 why), so that the kubelet pulls it again instead of failing to create its containers.
 
