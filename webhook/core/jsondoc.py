@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 
-def json_object(text: str | bytes, what: str, error: type[ValueError]) -> dict[str, Any]:
+def json_object(text: str | bytes, what: str, error: type[Exception]) -> dict[str, Any]:
     """`text` as a JSON object; else `error`, naming `what`, for text that is not JSON or
     holds something else than an object."""
     try:

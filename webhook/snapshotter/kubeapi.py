@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import os
 import ssl
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import yaml
+
+from webhook.core.jsondoc import json_object
 
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 MAX_BODY = 4 << 20
@@ -186,10 +187,4 @@ class KubeReader:
         if status != 200 or len(body) > MAX_BODY:
             raise KubeReadError(f"GET {path}: HTTP {status}: "
                                 f"{body[:300].decode(errors='replace')}")
-        try:
-            obj = json.loads(body)
-        except ValueError as exc:
-            raise KubeReadError(f"GET {path}: not JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise KubeReadError(f"GET {path}: not an object")
-        return obj
+        return json_object(body, f"GET {path}: the answer", KubeReadError)

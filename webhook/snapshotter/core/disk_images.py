@@ -13,17 +13,15 @@ import json
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
+from webhook.core.jsondoc import json_object
 from webhook.core.layer_chain import InvalidConfig, chain_ids, config_diff_ids
 
 
 def status_diff_ids(info: str, image: str) -> tuple[str, ...]:
     """The diff IDs in containerd's verbose CRI ImageStatus (`info["info"]`: JSON whose
     `imageSpec` is the image config)."""
-    try:
-        doc = json.loads(info)
-    except ValueError as exc:
-        raise InvalidConfig(f"{image}: CRI ImageStatus info is not JSON: {exc}") from None
-    spec = doc.get("imageSpec") if isinstance(doc, dict) else None
+    doc = json_object(info, f"{image}: CRI ImageStatus info", InvalidConfig)
+    spec = doc.get("imageSpec")
     if not isinstance(spec, dict):
         raise InvalidConfig(f"{image}: CRI ImageStatus info has no imageSpec (not containerd's "
                             "CRI plugin?)")
