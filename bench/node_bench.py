@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "node")]
 
 from node_harness import Node, eventually, pick_base, run  # noqa: E402
-from node_site import IMAGE, Site, build_image, deployment, set_up_site, tke_manifest  # noqa: E402
+from node_site import IMAGE, NAMESPACE, Site, build_image, deployment, set_up_site, tke_manifest  # noqa: E402
 
 NS = "bench"
 MODES = ("cold", "cached", "present")
@@ -148,6 +148,10 @@ def start_snapshotter(node: Node, work: Path) -> subprocess.Popen[bytes]:
             "--glob", "*/volumes/kubernetes.io~local-volume/*",
             "--containerd-socket", str(node.dir / "containerd" / "containerd.sock"),
             "--no-materialize",
+            # the disk origin is checked as in the chart; outside a pod, with the node's
+            # admin kubeconfig (the chart's narrow role is tested in tests/node)
+            "--disk-origin", "api", "--kubeconfig", str(node.dir / "kubeconfig"),
+            "--controller-namespace", NAMESPACE,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -459,6 +459,19 @@ def test_the_snapshotter_runs_beside_the_mirror_with_host_paths() -> None:
         {"snapshotter": {"enabled": True}})
 
 
+def test_the_snapshotter_can_be_told_where_the_api_is() -> None:
+    """hostNetwork on a node with no kube-proxy (or the test node, whose 10.0.0.1 is not
+    routed from the host's network): snapshotter.kubernetesServiceHost/Port reach the
+    container as the variables in-cluster clients read; unset, the Service's are kept."""
+    assert "env" not in container(find(rendered("snapshotter"), "DaemonSet"), "snapshotter")
+    docs = render({"mirror": {"enabled": True},
+                   "snapshotter": {"enabled": True, "kubernetesServiceHost": "127.0.0.1",
+                                   "kubernetesServicePort": 6443}})
+    env = container(find(docs, "DaemonSet"), "snapshotter")["env"]
+    assert env == [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                   {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]
+
+
 def test_the_snapshotter_checks_disk_origin_with_a_token_of_its_own() -> None:
     """Issue 11 (disk origin): `get` on the five kinds behind a volume, bound to the mirror's
     account; the token is mounted in the snapshotter container only. verifyDiskOrigin=false

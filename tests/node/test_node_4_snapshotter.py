@@ -74,6 +74,10 @@ def snapshotter_values(node: Node, values: dict[str, Any]) -> dict[str, Any]:
             "socket": str(home / "run" / "snapshotter.sock"),
             "containerdSocket": str(node.dir / "containerd" / "containerd.sock"),
             "metricsPort": node.base + SNAPSHOTTER_METRICS,
+            # hostNetwork, and no kube-proxy on this node: the Service's 10.0.0.1 is routed
+            # off the machine from the host's network (node README); the apiserver is here
+            "kubernetesServiceHost": "127.0.0.1",
+            "kubernetesServicePort": node.base,
         },
     }
 
