@@ -16,10 +16,14 @@ sha256=af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
 helm_version=v4.1.4
 kubectl_version=v1.35.2
 
+# Output captured first: `cmd | grep -q` under pipefail fails at random when grep exits before
+# the command has written its last line (kubectl prints two; SIGPIPE, exit 141).
 installed() {
-  [ -x "$out/helm" ] && [ -x "$out/kubectl" ] &&
-    "$out/helm" version --short 2>/dev/null | grep -q "^$helm_version+" &&
-    "$out/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $kubectl_version"
+  local helm kubectl
+  [ -x "$out/helm" ] && [ -x "$out/kubectl" ] || return 1
+  helm=$("$out/helm" version --short 2>/dev/null) || return 1
+  kubectl=$("$out/kubectl" version --client 2>/dev/null) || return 1
+  [[ $helm == "$helm_version+"* ]] && grep -qx "Client Version: $kubectl_version" <<<"$kubectl"
 }
 if installed; then exit 0; fi
 
