@@ -63,7 +63,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if grep -qx -- "$CLUSTER" <<<"$(kind get clusters 2>/dev/null)"; then  # no pipe: pipefail + grep -q
   die "a kind cluster named $CLUSTER exists already: delete it (kind delete cluster --name $CLUSTER) or set CLUSTER"
 fi
 
